@@ -1,0 +1,28 @@
+"""charstream: character-level LSTM language models that stream text.
+
+The text pipeline (`ALPHABET`, `reduce_text`, `encode_reduced`, `Vocabulary`,
+`load_corpus`, `onehot_windows`, `onehot_batch`, `translate`) is imported eagerly
+and needs no TensorFlow. Names that need Keras are imported on first use, so
+`import charstream` stays fast.
+"""
+from ._version import __version__
+from .text import ALPHABET, Vocabulary, encode_reduced, load_corpus, reduce_text
+from .windows import onehot_batch, onehot_windows, translate
+
+# name -> module, imported on first attribute access (PEP 562).
+_LAZY = {}
+
+__all__ = [
+    "__version__", "ALPHABET", "Vocabulary", "encode_reduced", "load_corpus",
+    "reduce_text", "onehot_batch", "onehot_windows", "translate", *_LAZY,
+]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'charstream' has no attribute {name!r}")
