@@ -6,14 +6,22 @@ and needs no TensorFlow. Names that need Keras are imported on first use, so
 `import charstream` stays fast.
 """
 from ._version import __version__
+from .config import TrainConfig
 from .text import ALPHABET, Vocabulary, encode_reduced, load_corpus, reduce_text
 from .windows import onehot_batch, onehot_windows, translate
 
 # name -> module, imported on first attribute access (PEP 562).
-_LAZY = {}
+_LAZY = {
+    "build_training_model": ".model",
+    "build_inference_model": ".model",
+    "reset_states": ".model",
+    "WindowBatches": ".batches",
+    "StreamGenerator": ".stream",
+    "evaluate_stream": ".stream",
+}
 
 __all__ = [
-    "__version__", "ALPHABET", "Vocabulary", "encode_reduced", "load_corpus",
+    "__version__", "TrainConfig", "ALPHABET", "Vocabulary", "encode_reduced", "load_corpus",
     "reduce_text", "onehot_batch", "onehot_windows", "translate", *_LAZY,
 ]
 

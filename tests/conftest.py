@@ -20,3 +20,41 @@ def shakespeare_path() -> Path:
 @pytest.fixture(scope="session")
 def shakespeare(shakespeare_path) -> str:
     return shakespeare_path.read_text(encoding="utf-8")
+
+
+# A small, learnable corpus: a few verses repeated with variations, mixed case and
+# punctuation so reduction has work to do. About 12,000 characters.
+VERSES = [
+    "ROMEO: But soft, what light through yonder window breaks?",
+    "JULIET: O Romeo, Romeo! wherefore art thou Romeo?",
+    "FIRST CITIZEN: Before we proceed any further, hear me speak.",
+    "ALL: Speak, speak.",
+]
+
+
+def make_corpus(n: int = 60, seed: int = 0) -> str:
+    import random
+
+    rng = random.Random(seed)
+    lines = [rng.choice(VERSES) for _ in range(n * len(VERSES))]
+    return "\n\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "verses.txt"
+    path.write_text(make_corpus(), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, corpus_file) -> Path:
+    """One tiny run, trained in-process once and shared by the stream tests."""
+    from charstream import train
+
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    rc = train.main(["--data", str(corpus_file), "--units", "24", "--epochs", "2",
+                     "--batch-size", "64", "--learning-rate", "0.01", "--samples", "4000",
+                     "--out", str(run), "--sample-length", "30"])
+    assert rc == 0
+    return run

@@ -1,0 +1,106 @@
+"""The memory-lean input pipeline: one-hot batches built on demand.
+
+The corpus stays a `uint8` id array (1 byte per character); each batch is built
+by the Cython `onehot_batch` kernel when Keras asks for it. Memory is O(batch),
+whatever the corpus size, instead of the tutorial's whole `(n, 16, 36)` tensor
+(642 MB for tiny Shakespeare).
+"""
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+
+from .windows import onehot_batch
+
+
+def split_starts(n_ids: int, seq_len: int, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Window starts for training and validation, from disjoint parts of the corpus.
+
+    The corpus is cut at `split = floor(n_ids * (1 - val_fraction))`. A training
+    window and its target lie wholly in `ids[:split]`, a validation window in the
+    contiguous tail `ids[split:]`, so no character is in both.
+
+    Returns:
+        `(train_starts, val_starts)`, `int64`; `val_starts` is empty when
+        `val_fraction == 0`.
+
+    Raises:
+        ValueError: if either part is too short for one window.
+    """
+    split = n_ids if val_fraction == 0 else int(n_ids * (1 - val_fraction))
+    n_train = split - seq_len
+    n_val = (n_ids - split) - seq_len if val_fraction else 0
+    if n_train < 1:
+        raise ValueError(
+            f"the training part has {split} characters, too few for one window of "
+            f"seq_len {seq_len} plus its target (need at least {seq_len + 1})")
+    if val_fraction and n_val < 1:
+        raise ValueError(
+            f"the validation part (val_fraction {val_fraction}) has {n_ids - split} "
+            f"characters, too few for one window of seq_len {seq_len} plus its target; "
+            "use a longer corpus, a larger --val-fraction, or --val-fraction 0")
+    return (np.arange(n_train, dtype=np.int64),
+            np.arange(split, split + max(n_val, 0), dtype=np.int64))
+
+
+class WindowBatches(keras.utils.PyDataset):
+    """Batches of one-hot windows `(X, Y)` for `model.fit`, built on demand.
+
+    Each batch is `onehot_batch(ids, starts[order[b * batch_size : ...]])`: `X` bool
+    `(batch, seq_len, depth)`, `Y` bool `(batch, depth)`; the last batch may be
+    smaller. With `shuffle`, the order of epoch `e` is a permutation drawn from
+    `(seed, e)` alone, so a resumed run sees the same order as an uninterrupted one.
+
+    Each batch gets fresh arrays (about 18 KB at batch 32, recycled by the
+    allocator) rather than one reused buffer: Keras hands the batch to tf.data,
+    which prefetches and may alias NumPy memory, so a buffer overwritten while
+    still queued would corrupt training.
+
+    Args:
+        ids: `(n,)` `uint8` corpus ids.
+        starts: `(windows,)` window starts into `ids`.
+        batch_size: windows per batch.
+        seq_len, depth: as `onehot_batch`.
+        shuffle: reshuffle the windows every epoch.
+        seed: the shuffle's seed.
+        epoch: the epoch the first iteration belongs to (`initial_epoch` on resume).
+    """
+
+    def __init__(self, ids: np.ndarray, starts: np.ndarray, batch_size: int,
+                 seq_len: int, depth: int, shuffle: bool = False, seed: int = 0,
+                 epoch: int = 0):
+        super().__init__(workers=1, use_multiprocessing=False)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        self.ids = np.ascontiguousarray(ids, dtype=np.uint8)
+        self.starts = np.asarray(starts, dtype=np.int64)
+        self.batch_size = batch_size
+        self.seq_len = seq_len
+        self.depth = depth
+        self.shuffle = shuffle
+        self.seed = seed
+        self.set_epoch(epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Fix the window order for `epoch`."""
+        self.epoch = epoch
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, epoch])
+            self.order = self.starts[rng.permutation(len(self.starts))]
+        else:
+            self.order = self.starts
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.starts) / self.batch_size)
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} out of range for {len(self)} batches")
+        lo = index * self.batch_size
+        return onehot_batch(self.ids, self.order[lo:lo + self.batch_size],
+                            self.seq_len, self.depth)
+
+    def on_epoch_end(self) -> None:
+        self.set_epoch(self.epoch + 1)

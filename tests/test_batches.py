@@ -1,0 +1,64 @@
+"""The memory-lean pipeline gives exactly the windows onehot_windows would."""
+import numpy as np
+import pytest
+
+from charstream import onehot_windows
+from charstream.batches import WindowBatches, split_starts
+
+
+def test_batches_equal_onehot_windows_in_order():
+    ids = np.random.default_rng(0).integers(0, 36, 1000).astype(np.uint8)
+    starts = np.arange(700)
+    data = WindowBatches(ids, starts, batch_size=64, seq_len=16, depth=36)
+    X, Y = onehot_windows(ids, stop=700)
+    assert len(data) == 11  # ceil(700 / 64): the last batch is partial
+    for b in range(len(data)):
+        xb, yb = data[b]
+        np.testing.assert_array_equal(xb, X[b * 64:(b + 1) * 64])
+        np.testing.assert_array_equal(yb, Y[b * 64:(b + 1) * 64])
+    with pytest.raises(IndexError):
+        data[11]
+
+
+def test_shuffled_batches_cover_every_window_once_per_epoch_reproducibly():
+    ids = np.random.default_rng(0).integers(0, 36, 500).astype(np.uint8)
+    starts = np.arange(400)
+    X, Y = onehot_windows(ids, stop=400)
+    data = WindowBatches(ids, starts, 32, 16, 36, shuffle=True, seed=7)
+    first = data.order.copy()
+    assert sorted(first) == list(starts) and not np.array_equal(first, starts)
+    for b in range(len(data)):
+        xb, yb = data[b]
+        chosen = first[b * 32:(b + 1) * 32]
+        np.testing.assert_array_equal(xb, X[chosen])
+        np.testing.assert_array_equal(yb, Y[chosen])
+    data.on_epoch_end()
+    assert data.epoch == 1 and not np.array_equal(data.order, first)
+    # Epoch 1's order depends on (seed, epoch) only: a resumed run sees the same.
+    resumed = WindowBatches(ids, starts, 32, 16, 36, shuffle=True, seed=7, epoch=1)
+    np.testing.assert_array_equal(resumed.order, data.order)
+    other = WindowBatches(ids, starts, 32, 16, 36, shuffle=True, seed=8)
+    assert not np.array_equal(other.order, first)
+
+
+def test_validation_windows_never_overlap_training():
+    for n, frac, seq in [(1000, 0.1, 16), (1_115_394, 0.1, 16), (200, 0.25, 5), (77, 0.3, 3)]:
+        train, val = split_starts(n, seq, frac)
+        split = int(n * (1 - frac))
+        assert train[-1] + seq < split <= val[0]        # the last training target < split
+        assert val[-1] + seq == n - 1                    # the tail is used to the end
+        assert len(train) == split - seq and len(val) == n - split - seq
+
+
+def test_no_validation():
+    train, val = split_starts(100, 16, 0.0)
+    assert len(val) == 0 and train[-1] == 100 - 17
+
+
+@pytest.mark.parametrize("n, frac, match", [
+    (16, 0.0, "training part has 16 characters, too few"),
+    (100, 0.1, r"validation part \(val_fraction 0.1\) has 10 characters"),
+])
+def test_too_short_corpus(n, frac, match):
+    with pytest.raises(ValueError, match=match):
+        split_starts(n, 16, frac)

@@ -1,0 +1,224 @@
+"""python -m charstream.train: learning, the run directory, resume, bad input."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from charstream import train
+from charstream.config import PRESETS, TrainConfig
+
+TINY = ["--units", "16", "--batch-size", "64", "--samples", "1000", "--sample-length", "0"]
+
+
+def _rows(run):
+    with open(run / "history.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_run_directory_contents(trained_run, corpus_file):
+    names = {p.name for p in trained_run.iterdir()}
+    assert {"model.keras", "vocab.json", "config.json", "checkpoints", "history.csv",
+            "history.png", "summary.json", "sample.txt"} <= names
+    assert not [n for n in names if n.endswith(".tmp") or n.startswith(".")]
+    assert sorted(p.name for p in (trained_run / "checkpoints").iterdir()) == [
+        "epoch-0001.keras", "epoch-0002.keras"]
+    doc = json.loads((trained_run / "config.json").read_text())
+    assert doc["settings"]["units"] == 24 and doc["settings"]["epochs"] == 2
+    assert set(doc["settings"]) == set(TrainConfig.__dataclass_fields__)
+    from charstream.text import file_sha256
+
+    assert doc["corpus"]["sha256"] == file_sha256(corpus_file)
+    assert doc["corpus"]["path"] == str(corpus_file.resolve())
+    assert doc["charstream_version"]
+    assert [r["epoch"] for r in _rows(trained_run)] == ["0", "1"]
+    assert (trained_run / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((trained_run / "summary.json").read_text())
+    assert summary["epochs"] == 2
+    assert summary["val_bits_per_char"] == pytest.approx(summary["val_loss"] / np.log(2))
+    assert len((trained_run / "sample.txt").read_text()) == 30
+
+
+def test_learns_a_small_repetitive_corpus(tmp_path, capsys):
+    path = tmp_path / "abc.txt"
+    path.write_text("the cat sat on the mat.\n" * 300)
+    rc = train.main(["--data", str(path), "--units", "32", "--epochs", "4", "--batch-size", "32",
+                     "--learning-rate", "0.01", "--out", str(tmp_path / "run"),
+                     "--sample-length", "0"])
+    assert rc == 0
+    rows = _rows(tmp_path / "run")
+    first, last = float(rows[0]["loss"]), float(rows[-1]["loss"])
+    assert last < 0.2 < first  # ln(36) = 3.58 untrained; the text is deterministic
+    assert float(rows[-1]["val_accuracy"]) > 0.95
+    out = capsys.readouterr().out
+    assert "validation loss" in out and "bits/char" in out and "samples/s" in out
+
+
+def test_resume_continues_at_the_right_epoch(tmp_path, corpus_file, capsys):
+    run = tmp_path / "run"
+    assert train.main(["--data", str(corpus_file), *TINY, "--epochs", "1", "--out", str(run)]) == 0
+    config_before = (run / "config.json").read_text()
+    assert train.main(["--resume", str(run), "--epochs", "3", "--sample-length", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "epochs 2..3" in out and "Epoch 2/3" in out and "Epoch 1/3" not in out
+    assert [r["epoch"] for r in _rows(run)] == ["0", "1", "2"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "epoch-0001.keras", "epoch-0002.keras", "epoch-0003.keras"]
+    doc = json.loads((run / "config.json").read_text())
+    assert doc == json.loads(config_before)  # the run keeps its settings
+    # Finished: resuming to the same total has nothing to do.
+    assert train.main(["--resume", str(run), "--epochs", "3"]) == 2
+    assert "already trained for 3 epochs" in capsys.readouterr().err
+
+
+def test_resume_after_sigkill_mid_epoch(tmp_path, corpus_file):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "charstream.train", "--data", str(corpus_file), "--units", "16",
+           "--batch-size", "8", "--samples", "8000", "--epochs", "4", "--out", str(run),
+           "--sample-length", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (run / "checkpoints" / "epoch-0001.keras").exists():
+            assert proc.poll() is None, "training ended before its first checkpoint"
+            assert time.time() < deadline
+            time.sleep(0.05)
+        time.sleep(0.3)  # well inside epoch 2
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not (run / "model.keras").exists()
+    done = len(list((run / "checkpoints").glob("epoch-*.keras")))
+    assert 1 <= done < 4
+    rc = subprocess.run([sys.executable, "-m", "charstream.train", "--resume", str(run),
+                         "--sample-length", "0"], capture_output=True, text=True, timeout=300)
+    assert rc.returncode == 0, rc.stderr
+    assert f"epochs {done + 1}..4" in rc.stdout
+    assert [r["epoch"] for r in _rows(run)] == ["0", "1", "2", "3"]
+    assert (run / "model.keras").exists()
+    assert not [p for p in run.rglob("*") if p.name.endswith(".tmp") or ".tmp." in p.name]
+
+
+def test_sigint_stops_cleanly_and_says_how_to_resume(tmp_path, corpus_file):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "charstream.train", "--data", str(corpus_file), "--units", "16",
+           "--batch-size", "8", "--samples", "8000", "--epochs", "5", "--out", str(run)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / "epoch-0001.keras").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert f"--resume {run}" in err and "Traceback" not in err
+
+
+def _bad(capsys, argv, match, out=None):
+    rc = train.main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert match in err
+    assert len(err.strip().splitlines()) == 1, err
+    if out is not None:
+        assert not out.exists()
+    return err
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--units", "0"], "units must be a positive integer, got 0"),
+    (["--dropout", "-0.5"], "dropout must be in [0, 1), got -0.5"),
+    (["--batch-size", "0"], "batch_size must be a positive integer, got 0"),
+    (["--val-fraction", "1"], "val_fraction must be in [0, 1), got 1.0"),
+    (["--learning-rate", "nan"], "learning_rate must be a positive number"),
+    (["--patience", "2", "--val-fraction", "0"], "patience needs validation data"),
+])
+def test_out_of_range_settings(tmp_path, capsys, corpus_file, extra, match):
+    out = tmp_path / "run"
+    _bad(capsys, ["--data", str(corpus_file), "--out", str(out), *extra], match, out)
+
+
+def test_bad_flag_values_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        train.main(["--samples", "lots", "--out", str(tmp_path / "r")])
+    assert info.value.code == 2
+    assert "expected a positive integer or 'all', got 'lots'" in capsys.readouterr().err
+
+
+def test_bad_corpora(tmp_path, capsys):
+    out = tmp_path / "run"
+    _bad(capsys, ["--data", str(tmp_path / "missing.txt"), "--out", str(out)],
+         "missing.txt: no such corpus file", out)
+    short = tmp_path / "short.txt"
+    short.write_text("a" * 100)
+    _bad(capsys, ["--data", str(short), "--out", str(out)], "validation part", out)
+    short.write_text("a" * 10)
+    _bad(capsys, ["--data", str(short), "--out", str(out), "--val-fraction", "0"],
+         "training part has 10 characters", out)
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"\xff\xfe" * 100)
+    _bad(capsys, ["--data", str(binary), "--out", str(out)], "not UTF-8 text", out)
+
+
+def test_out_must_be_new(tmp_path, capsys, corpus_file):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    _bad(capsys, ["--data", str(corpus_file), "--out", str(out)], "already exists")
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_bad_resumes(tmp_path, capsys, corpus_file, trained_run):
+    _bad(capsys, ["--resume", str(tmp_path)], "not a charstream run (no config.json)")
+    _bad(capsys, ["--resume", str(tmp_path / "nope")], "not a directory")
+    _bad(capsys, ["--resume", str(trained_run), "--epochs", "5", "--units", "99"],
+         "--units cannot change on --resume")
+    _bad(capsys, ["--resume", str(trained_run), "--out", str(tmp_path / "x")], "exclusive")
+    # A copy of the run whose corpus or vocabulary no longer matches.
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(trained_run, run)
+    vocab = json.loads((run / "vocab.json").read_text())
+    vocab["chars"] = vocab["chars"][::-1]
+    (run / "vocab.json").write_text(json.dumps(vocab))
+    _bad(capsys, ["--resume", str(run), "--epochs", "3"], "does not match the vocabulary")
+    doc = json.loads((run / "config.json").read_text())
+    changed = tmp_path / "changed.txt"
+    changed.write_text(corpus_file.read_text() + "more")
+    doc["settings"]["data"] = doc["corpus"]["path"] = str(changed)
+    (run / "config.json").write_text(json.dumps(doc))
+    _bad(capsys, ["--resume", str(run), "--epochs", "3"], "the corpus changed")
+
+
+def test_flags_come_from_the_config_and_presets():
+    parser = train.build_parser()
+    flags = {a.dest for a in parser._actions}
+    assert set(TrainConfig.__dataclass_fields__) <= flags
+    args = parser.parse_args(["--preset", "tutorial", "--epochs", "3", "--no-shuffle"])
+    config, given = train.config_from_args(args)
+    assert given == {"epochs", "shuffle"}
+    assert config.samples == 200_000 and config.batch_size == 32 and config.epochs == 3
+    assert PRESETS["tutorial"]["shuffle"] is False
+    assert train.config_from_args(parser.parse_args(["--samples", "all"]))[0].samples is None
+
+
+def test_same_seed_same_initial_weights(corpus_file):
+    import keras
+
+    from charstream.model import build_training_model
+
+    weights = []
+    for _ in range(2):
+        keras.utils.set_random_seed(5)
+        weights.append(build_training_model(units=8).get_weights())
+    for a, b in zip(*weights):
+        np.testing.assert_array_equal(a, b)
