@@ -23,12 +23,15 @@ directives = {
 
 extensions = [
     Extension(
-        "charstream._text",
-        ["csrc/_text.pyx"],
-        include_dirs=[np.get_include()],
+        f"charstream.{name}",
+        [f"csrc/{name}.pyx"],
+        include_dirs=["csrc", np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        # -O3 vectorises the kernels' axpy loops; lstm_step.h adds per-CPU clones.
         extra_compile_args=["-O0", "-g"] if DEBUG else ["-O3"],
-    ),
+        depends=["csrc/lstm_step.h"],
+    )
+    for name in ("_text", "_stream")
 ]
 
 setup(ext_modules=cythonize(extensions, compiler_directives=directives, force=DEBUG))

@@ -25,25 +25,40 @@ def encode_reduced(text: str) -> np.ndarray:
     return encode(reduce_text(text), ALPHABET)
 
 
-def encode_reduced_translate(text: str) -> np.ndarray:
-    """The best plain-Python way: str.lower + str.translate + one bytes lookup."""
-    return np.frombuffer(
-        text.lower().translate(_TRANSLATE).encode("ascii"), dtype=np.uint8).copy()
-
-
-# Every code point outside the alphabet maps to the id of ' ' (as a byte), the
-# alphabet to its own id. str.translate leaves unmapped characters as they are, so
-# the table must cover everything the lowercased text can contain: we map by a
-# dict subclass that answers for any code point.
+# str.translate leaves unmapped characters as they are, so its table must answer
+# for any code point the lowercased text can hold: a dict that fills itself in.
 class _Table(dict):
+    def __init__(self, value):
+        super().__init__()
+        self._value = value
+
     def __missing__(self, code: int) -> int:
-        ch = chr(code)
-        value = ALPHABET.index(ch) if ch in ALPHABET else ALPHABET.index(" ")
-        self[code] = value
+        self[code] = value = self._value(chr(code))
         return value
 
 
-_TRANSLATE = _Table()
+_REDUCE_TABLE = _Table(lambda ch: ord(ch) if ch in ALPHABET else ord(" "))
+_ENCODE_TABLE = _Table(lambda ch: ALPHABET.index(ch if ch in ALPHABET else " "))
+
+
+def reduce_text_translate(text: str) -> str:
+    """The best plain-Python reduction: str.lower + str.translate."""
+    return text.lower().translate(_REDUCE_TABLE)
+
+
+def encode_reduced_translate(text: str) -> np.ndarray:
+    """The best plain-Python encoding: translate straight to ids, then one buffer."""
+    return np.frombuffer(
+        text.lower().translate(_ENCODE_TABLE).encode("ascii"), dtype=np.uint8).copy()
+
+
+def tutorial_reduce(text: str) -> str:
+    """The tutorial's loop: one character at a time, a set lookup each."""
+    allowed = set(ALPHABET)
+    out = []
+    for ch in text.lower():
+        out.append(ch if ch in allowed else " ")
+    return "".join(out)
 
 
 def onehot_windows(ids, seq_len: int = 16, depth: int = 36, start: int = 0, stop=None):
@@ -65,10 +80,17 @@ def onehot_batch(ids, starts, seq_len: int = 16, depth: int = 36):
     return X, Y
 
 
-def onehot_windows_numpy(ids, seq_len: int = 16, depth: int = 36):
+def onehot_windows_numpy(ids, seq_len: int = 16, depth: int = 36, stop=None):
     """The plain NumPy way: index an identity matrix with a sliding window view."""
     ids = np.asarray(ids)
+    stop = len(ids) - seq_len if stop is None else stop
     eye = np.eye(depth, dtype=bool)
-    X = eye[np.lib.stride_tricks.sliding_window_view(ids[:-1], seq_len)]
-    Y = eye[ids[seq_len:]]
-    return X, Y
+    X = eye[np.lib.stride_tricks.sliding_window_view(ids[:stop + seq_len - 1], seq_len)]
+    return X, eye[ids[seq_len:stop + seq_len]]
+
+
+def onehot_batch_numpy(ids, starts, seq_len: int = 16, depth: int = 36):
+    """NumPy fancy indexing: gather the (batch, seq_len + 1) ids, then index eye."""
+    eye = np.eye(depth, dtype=bool)
+    window = np.asarray(ids)[np.asarray(starts)[:, None] + np.arange(seq_len + 1)]
+    return eye[window[:, :seq_len]], eye[window[:, seq_len]]

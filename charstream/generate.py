@@ -1,7 +1,9 @@
 """`python -m charstream.generate RUN_DIR`: stream text from a trained run to stdout.
 
 Each character is written and flushed as soon as it is sampled. Ctrl-C and a
-closed pipe (`| head -c 100`) end the stream quietly.
+closed pipe (`| head -c 100`) end the stream quietly. With `--backend native`
+TensorFlow is never imported, so the first character comes in a fraction of a
+second.
 """
 from __future__ import annotations
 
@@ -25,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="sample among the k most likely characters only")
     parser.add_argument("--seed", type=int, default=None,
                         help="random seed; the same seed gives the same text")
+    parser.add_argument("--backend", choices=("keras", "native"), default="keras",
+                        help="keras: the stateful Keras copy (default); native: the C step "
+                             "over stream.npz, which never imports TensorFlow")
     parser.add_argument("--evaluate", action="store_true",
                         help="instead of generating, print the held-out loss of the run "
                              "windowed and streamed (JSON)")
@@ -51,10 +56,11 @@ def main(argv=None) -> int:
 
     try:
         if args.evaluate:
-            result = evaluate_stream(args.run_dir, reprime_every=args.reprime_every)
+            result = evaluate_stream(args.run_dir, reprime_every=args.reprime_every,
+                                     backend=args.backend)
             print(json.dumps(result, indent=2))
             return 0
-        gen = StreamGenerator.load(args.run_dir)
+        gen = StreamGenerator.load(args.run_dir, backend=args.backend)
         chars = gen.stream(prime=args.prime, temperature=args.temperature, seed=args.seed,
                            top_k=args.top_k, max_chars=args.length or None)
     except (FileNotFoundError, ValueError) as err:

@@ -1,17 +1,26 @@
-"""Streaming: the stateful inference copy behind a character-by-character iterator.
+"""Streaming: a trained run as a character-by-character iterator.
 
-`StreamGenerator.load(run_dir)` rebuilds a trained model as a stateful LSTM that
-reads one character per call (`batch_shape=(1, 1, depth)`), so each generated
-character costs one step, whatever the length of the text so far, and the
-context is unlimited (the state carries it), unlike the tutorial's loop that
+`StreamGenerator.load(run_dir)` rebuilds the trained model as a stateful LSTM
+that reads one character per call (`batch_shape=(batch, 1, depth)`), so each
+generated character costs one step, whatever the length of the text so far, and
+the context is unlimited (the state carries it), unlike the tutorial's loop that
 re-predicts the last 16 characters with `model.predict` every time.
 
-Sampling contract (so that runs are reproducible, and so that any other backend
-can reproduce them): the generator owns `numpy.random.default_rng(seed)`; for
-every sampled character it draws exactly one `rng.random()` (a float64 in
-[0, 1)) and returns the first id whose cumulative probability exceeds it, with
-the probabilities taken in vocabulary order after temperature and top-k.
-Temperature 0 is argmax and draws nothing.
+Two backends step the model: `"keras"` (the reference: a compiled `tf.function`
+over the stateful Keras copy, sampling in NumPy) and `"native"` (C, see
+`charstream.native`, no TensorFlow needed).
+
+Sampling contract, the same for both backends, single or batched, so that a
+seed always gives the same text: stream k owns `numpy.random.default_rng(seed_k)`
+and consumes its doubles (`rng.random()`, drawn in blocks, which NumPy
+guarantees equal to one at a time) in order, one per sampled character. The
+character is the first id whose cumulative probability exceeds `u * total`, the
+probabilities taken in vocabulary order after temperature (`softmax(log p / T)`)
+and top-k (the k largest, ties to the lower id). Temperature 0 is argmax; its
+draw is made and ignored. The two backends compute the probabilities in different
+float32 arithmetic (about 1e-7 apart), so their texts agree until a draw falls
+within that distance of a cumulative boundary: for a 36-symbol model, expect
+agreement for many thousands of characters.
 """
 from __future__ import annotations
 
@@ -37,8 +46,26 @@ def _load_keras_model(path: Path):
         raise ValueError(f"{path}: cannot load the model ({type(err).__name__}: {err})") from None
 
 
+def _read_run(run_dir: Path):
+    """config.json and vocab.json, cross-checked; no TensorFlow."""
+    try:
+        settings = read_run_config(run_dir)["settings"]
+    except ConfigError as err:
+        raise ValueError(str(err)) from None
+    vocab = Vocabulary.load(run_dir / "vocab.json")
+    if settings.reduce and vocab != Vocabulary.default():
+        raise ValueError(f"{run_dir}: config.json says reduce, but vocab.json is not ALPHABET")
+    return settings, vocab
+
+
+def _check_depth(run_dir: Path, name: str, depth, vocab: Vocabulary) -> None:
+    if depth != vocab.size:
+        raise ValueError(f"{run_dir}: {name} reads and predicts {depth} symbols but "
+                         f"vocab.json has {vocab.size}")
+
+
 def load_run(run_dir: str | os.PathLike):
-    """Read and cross-check a run directory.
+    """Read and cross-check a run directory with its Keras model.
 
     Returns:
         `(train_model, vocab, reduce)`: the Keras training model, its `Vocabulary`,
@@ -49,22 +76,14 @@ def load_run(run_dir: str | os.PathLike):
             disagrees with the others.
     """
     run_dir = Path(run_dir)
-    try:
-        settings = read_run_config(run_dir)["settings"]
-    except ConfigError as err:
-        raise ValueError(str(err)) from None
-    vocab = Vocabulary.load(run_dir / "vocab.json")
+    settings, vocab = _read_run(run_dir)
     model = _load_keras_model(run_dir / "model.keras")
     shape = model.input_shape
     if not (isinstance(shape, tuple) and len(shape) == 3):
         raise ValueError(f"{run_dir / 'model.keras'}: expected a (batch, steps, depth) input, "
                          f"got {shape}")
-    if shape[-1] != vocab.size or model.output_shape[-1] != vocab.size:
-        raise ValueError(
-            f"{run_dir}: model.keras reads and predicts {shape[-1]} symbols but vocab.json "
-            f"has {vocab.size}")
-    if settings.reduce and vocab != Vocabulary.default():
-        raise ValueError(f"{run_dir}: config.json says reduce, but vocab.json is not ALPHABET")
+    _check_depth(run_dir, "model.keras", shape[-1], vocab)
+    _check_depth(run_dir, "model.keras", model.output_shape[-1], vocab)
     return model, vocab, settings.reduce
 
 
@@ -83,9 +102,8 @@ def _check_top_k(top_k, size: int):
     return min(top_k, size)
 
 
-def sample_id(probs: np.ndarray, temperature: float, top_k: int | None,
-              rng: np.random.Generator) -> int:
-    """Draw one id from `probs` under the module's sampling contract."""
+def sample_id(probs: np.ndarray, temperature: float, top_k: int | None, u: float) -> int:
+    """Pick one id from `probs` with the uniform `u`, under the module's contract."""
     if temperature == 0:
         return int(np.argmax(probs))
     p = np.asarray(probs, dtype=np.float64)
@@ -99,61 +117,169 @@ def sample_id(probs: np.ndarray, temperature: float, top_k: int | None,
         p = p.copy()
         p[cut] = 0.0
     cdf = np.cumsum(p)
-    u = rng.random() * cdf[-1]
-    return int(min(np.searchsorted(cdf, u, side="right"), p.size - 1))
+    return int(min(np.searchsorted(cdf, u * cdf[-1], side="right"), p.size - 1))
+
+
+def uniforms(seed, block: int = 1024) -> Iterator[float]:
+    """The doubles of `numpy.random.default_rng(seed)`, in order, drawn in blocks."""
+    rng = np.random.default_rng(seed)
+    while True:
+        yield from rng.random(block).tolist()
+
+
+class KerasBackend:
+    """The reference step: the stateful Keras copy behind one compiled graph.
+
+    Args:
+        train_model: the trained windowed model.
+        batch: independent streams (`batch_shape=(batch, 1, depth)`).
+    """
+
+    name = "keras"
+
+    def __init__(self, train_model, batch: int = 1):
+        import tensorflow as tf
+
+        from .model import build_inference_model, lstm_layers
+
+        self.model = build_inference_model(train_model, batch_size=batch)
+        self.batch = batch
+        self.depth = depth = train_model.output_shape[-1]
+        self._lstms = lstm_layers(self.model)
+        model = self.model
+
+        # One graph per step: the one-hot is built inside it, the stateful LSTMs
+        # update their state variables, and only (batch, depth) floats come back.
+        @tf.function(input_signature=[tf.TensorSpec([batch], tf.int32)])
+        def step_fn(char_ids):
+            x = tf.reshape(tf.one_hot(char_ids, depth, dtype=tf.float32), (batch, 1, depth))
+            return model(x, training=False)
+
+        # Calling the concrete function with ready-made id tensors skips tracing
+        # checks and conversions: about half of a plain tf.function call's cost.
+        self._step_fn = step_fn.get_concrete_function()
+        self._tf = tf
+        self._id_tensors = ([tf.constant([k], dtype=tf.int32) for k in range(depth)]
+                            if batch == 1 else None)
+        self.reset()
+
+    def reset(self, rows=None) -> None:
+        if rows is None:
+            for layer in self._lstms:
+                layer.reset_state()
+            return
+        keep = self._tf.constant(~np.asarray(rows, dtype=bool), dtype=self._tf.float32)[:, None]
+        for layer in self._lstms:
+            for state in layer.states:
+                state.assign(state * keep)
+
+    def _run(self, ids) -> np.ndarray:
+        if self._id_tensors is not None:
+            tensor = self._id_tensors[int(np.asarray(ids).reshape(-1)[0])]
+        else:
+            tensor = self._tf.constant(np.asarray(ids, dtype=np.int32))
+        probs = self._step_fn(tensor).numpy().astype(np.float64)
+        return probs / probs.sum(axis=1, keepdims=True)
+
+    def probs(self, ids) -> np.ndarray:
+        return self._run(ids)
+
+    def step_sample(self, ids, temperature: float, top_k, u) -> np.ndarray:
+        probs = self._run(ids)
+        return np.array([sample_id(p, temperature, top_k, x) for p, x in zip(probs, u)],
+                        dtype=np.int32)
+
+    def step_sample1(self, char_id: int, temperature: float, top_k, u: float) -> int:
+        return sample_id(self._run([char_id])[0], temperature, top_k, u)
+
+
+def _check_batch_size(batch_size) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return batch_size
+
+
+BACKENDS = ("keras", "native")
 
 
 class StreamGenerator:
     """Generate text one character at a time from a trained run.
 
     Args:
-        train_model: the trained windowed model (any `units`, `layers`, `depth`).
-        vocab: its vocabulary.
+        backend: a `KerasBackend` or `charstream.native.NativeBackend`.
+        vocab: the run's vocabulary.
         reduce: reduce text (lowercase, 36 characters) before encoding, as the run did.
 
-    Use `StreamGenerator.load(run_dir)` for a run directory.
+    Use `StreamGenerator.load(run_dir)` for a run directory, or
+    `StreamGenerator.from_model(train_model, vocab)` for a model in memory.
     """
 
-    def __init__(self, train_model, vocab: Vocabulary, reduce: bool = True):
-        import tensorflow as tf
-
-        from .model import build_inference_model
-
+    def __init__(self, backend, vocab: Vocabulary, reduce: bool = True):
+        if backend.depth != vocab.size:
+            raise ValueError(f"the model reads {backend.depth} symbols but the vocabulary "
+                             f"has {vocab.size}")
+        self.backend = backend
         self.vocab = vocab
         self.reduce = reduce
-        self.model = build_inference_model(train_model)
-        depth = vocab.size
-        model = self.model
-
-        # One compiled graph per step: the one-hot is built inside it, the stateful
-        # LSTMs update their state variables, and only `depth` floats come back.
-        @tf.function(input_signature=[tf.TensorSpec([], tf.int32)])
-        def step_fn(char_id):
-            x = tf.reshape(tf.one_hot(char_id, depth, dtype=tf.float32), (1, 1, depth))
-            return model(x, training=False)[0]
-
-        self._step_fn = step_fn
+        self.batch_size = backend.batch
         self._newline = vocab.chars.find("\n")
         self.steps = 0  # model steps run so far (the laziness tests read it)
         self.reset()
 
     @classmethod
-    def load(cls, run_dir: str | os.PathLike) -> "StreamGenerator":
-        """Load `model.keras` (Keras safe mode), `vocab.json` and `config.json`.
+    def from_model(cls, train_model, vocab: Vocabulary, reduce: bool = True,
+                   backend: str = "keras", batch_size: int = 1) -> "StreamGenerator":
+        """A generator over a Keras training model held in memory."""
+        _check_batch_size(batch_size)
+        if backend == "keras":
+            engine = KerasBackend(train_model, batch_size)
+        elif backend == "native":
+            from .native import NativeBackend
+
+            engine = NativeBackend.from_keras(train_model, batch_size)
+        else:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        return cls(engine, vocab, reduce)
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike, backend: str = "keras",
+             batch_size: int = 1) -> "StreamGenerator":
+        """Load a run directory.
+
+        `backend="keras"` loads `model.keras` (Keras safe mode) and builds the
+        stateful copy; `backend="native"` loads `stream.npz` and never imports
+        TensorFlow. Both read and check `vocab.json` and `config.json`.
+
+        Args:
+            run_dir: a directory written by `python -m charstream.train`.
+            backend: `"keras"` or `"native"`.
+            batch_size: independent streams for `stream_batch`.
 
         Raises:
-            FileNotFoundError, ValueError: for a missing, corrupt or mismatched file.
+            FileNotFoundError, ValueError: for a missing, corrupt or mismatched
+                file, an unknown backend or a batch size below 1.
         """
-        model, vocab, reduce = load_run(run_dir)
-        return cls(model, vocab, reduce)
+        run_dir = Path(run_dir)
+        _check_batch_size(batch_size)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend == "keras":
+            model, vocab, reduce = load_run(run_dir)
+            return cls(KerasBackend(model, batch_size), vocab, reduce)
+        from .native import STREAM_FILE, NativeBackend, load_stream_weights
+
+        settings, vocab = _read_run(run_dir)
+        weights = load_stream_weights(run_dir / STREAM_FILE)
+        _check_depth(run_dir, STREAM_FILE, weights["meta"].get("depth"), vocab)
+        engine = NativeBackend(weights, batch_size, source=str(run_dir / STREAM_FILE))
+        _check_depth(run_dir, STREAM_FILE, engine.depth, vocab)
+        return cls(engine, vocab, settings.reduce)
 
     # ------------------------------------------------------------------ state
 
     def reset(self) -> None:
-        """Return to the zero state."""
-        from .model import reset_states
-
-        reset_states(self.model)
+        """Return every stream to the zero state."""
+        self.backend.reset()
 
     def encode(self, text: str) -> np.ndarray:
         """Ids of `text`, reduced first when the run was trained reduced.
@@ -163,10 +289,14 @@ class StreamGenerator:
         """
         return self.vocab.encode(reduce_text(text) if self.reduce else text)
 
-    def _step_id(self, char_id: int) -> np.ndarray:
+    def _single(self, what: str) -> None:
+        if self.batch_size != 1:
+            raise ValueError(f"{what} needs batch_size 1, this generator has "
+                             f"{self.batch_size}; use stream_batch")
+
+    def _probs1(self, char_id: int) -> np.ndarray:
         self.steps += 1
-        probs = self._step_fn(np.int32(char_id)).numpy().astype(np.float64)
-        return probs / probs.sum()
+        return self.backend.probs(np.array([char_id]))[0]
 
     def step(self, char: str) -> np.ndarray:
         """Feed one character; return the next-character distribution.
@@ -177,10 +307,11 @@ class StreamGenerator:
         Raises:
             ValueError: if `char` is not one character of the vocabulary.
         """
+        self._single("step")
         ids = self.encode(char)
         if len(ids) != 1:
             raise ValueError(f"step takes one character, got {char!r}")
-        return self._step_id(int(ids[0]))
+        return self._probs1(int(ids[0]))
 
     def feed(self, text: str) -> np.ndarray | None:
         """Advance the state over `text` without sampling.
@@ -188,12 +319,22 @@ class StreamGenerator:
         Returns:
             The distribution after the last character, or None for empty text.
         """
+        self._single("feed")
         probs = None
         for char_id in self.encode(text):
-            probs = self._step_id(int(char_id))
+            probs = self._probs1(int(char_id))
         return probs
 
     # ------------------------------------------------------------------ generation
+
+    def _prime_ids(self, prime: str, draws: Iterator[float]) -> np.ndarray:
+        ids = self.encode(prime)
+        if len(ids):
+            return ids
+        if self._newline >= 0:
+            return np.array([self._newline], dtype=np.uint8)
+        return np.array([min(int(next(draws) * self.vocab.size), self.vocab.size - 1)],
+                        dtype=np.uint8)
 
     def stream(self, prime: str = "", temperature: float = 1.0, seed: int | None = None,
                top_k: int | None = None, max_chars: int | None = None) -> Iterator[str]:
@@ -202,8 +343,11 @@ class StreamGenerator:
         The state is reset and all but the last character of `prime` are fed now;
         then each `next()` runs exactly one model step: it feeds the prime's last
         character (first call) or the character sampled before, and samples the
-        next one. An empty prime is a newline (text starts at a line break); a
-        vocabulary without a newline draws the first character uniformly instead.
+        next one. The prime itself is not yielded.
+
+        An empty prime is a newline (text starts at a line break, as the corpus's
+        speeches do). A vocabulary without a newline gets, instead, one character
+        drawn uniformly with the stream's first uniform.
 
         Args:
             prime: text to start from, reduced as the run's training text was.
@@ -217,39 +361,91 @@ class StreamGenerator:
             ValueError: for a prime character the vocabulary cannot represent, a
                 negative or non-finite temperature, `top_k < 1`, `max_chars < 0`.
         """
-        temperature = _check_temperature(temperature)
-        top_k = _check_top_k(top_k, self.vocab.size)
+        self._single("stream")
+        temperature, top_k, max_chars = self._check_sampling(temperature, top_k, max_chars)
+        draws = uniforms(seed)
+        ids = self._prime_ids(prime, draws)
+        self.reset()
+        for char_id in ids[:-1]:
+            self._probs1(int(char_id))
+        return self._generate(int(ids[-1]), temperature, top_k, draws, max_chars)
+
+    def _check_sampling(self, temperature, top_k, max_chars):
         if max_chars is not None and (isinstance(max_chars, bool)
                                       or not isinstance(max_chars, int) or max_chars < 0):
             raise ValueError(f"max_chars must be a non-negative integer or None, got {max_chars!r}")
-        ids = self.encode(prime)
-        rng = np.random.default_rng(seed)
-        self.reset()
-        for char_id in ids[:-1]:
-            self._step_id(int(char_id))
-        if len(ids):
-            first = int(ids[-1])
-        elif self._newline >= 0:
-            first = self._newline
-        else:
-            first = None
-        return self._generate(first, temperature, top_k, rng, max_chars)
+        return _check_temperature(temperature), _check_top_k(top_k, self.vocab.size), max_chars
 
-    def _generate(self, char_id, temperature, top_k, rng, max_chars) -> Iterator[str]:
+    def _generate(self, char_id, temperature, top_k, draws, max_chars) -> Iterator[str]:
         chars = self.vocab.chars
+        step = self.backend.step_sample1
         produced = 0
-        if char_id is None and (max_chars is None or max_chars > 0):
-            char_id = int(rng.integers(self.vocab.size))
-            produced = 1
-            yield chars[char_id]
         while max_chars is None or produced < max_chars:
-            char_id = sample_id(self._step_id(char_id), temperature, top_k, rng)
+            char_id = step(char_id, temperature, top_k, next(draws))
+            self.steps += 1
             produced += 1
             yield chars[char_id]
 
     def generate(self, length: int, **kwargs) -> str:
         """`''.join(self.stream(max_chars=length, **kwargs))`."""
         return "".join(self.stream(max_chars=length, **kwargs))
+
+    def stream_batch(self, primes, seeds=None, temperature: float = 1.0,
+                     top_k: int | None = None, max_chars: int | None = None):
+        """Advance `batch_size` independent streams together.
+
+        Stream k, with `primes[k]` and `seeds[k]`, yields exactly the text that
+        `stream(primes[k], seed=seeds[k])` yields (the native backend bit for bit;
+        the Keras backend up to the contract's float caveat). Primes of different
+        lengths are aligned at their ends: a shorter prime's stream is reset just
+        before its first character is fed.
+
+        Args:
+            primes: `batch_size` prime strings.
+            seeds: `batch_size` seeds, or None for unseeded streams.
+            temperature, top_k, max_chars: as `stream`, shared by all streams.
+
+        Yields:
+            Per step, a list of `batch_size` characters, stream k at index k.
+
+        Raises:
+            ValueError: as `stream`, or for a number of primes or seeds that is not
+                `batch_size`.
+        """
+        primes = list(primes)
+        b = self.batch_size
+        if len(primes) != b:
+            raise ValueError(f"expected {b} primes (the batch size), got {len(primes)}")
+        seeds = [None] * b if seeds is None else list(seeds)
+        if len(seeds) != b:
+            raise ValueError(f"expected {b} seeds (the batch size), got {len(seeds)}")
+        temperature, top_k, max_chars = self._check_sampling(temperature, top_k, max_chars)
+        draws = [uniforms(seed) for seed in seeds]
+        prime_ids = [self._prime_ids(p, d) for p, d in zip(primes, draws)]
+        longest = max(len(ids) for ids in prime_ids)
+        starts = np.array([longest - len(ids) for ids in prime_ids])
+        padded = np.zeros((b, longest), dtype=np.int32)
+        for k, ids in enumerate(prime_ids):
+            padded[k, starts[k]:] = ids
+        self.reset()
+        for t in range(longest - 1):
+            if t and (starts == t).any():
+                self.backend.reset(starts == t)
+            self.backend.probs(padded[:, t])
+            self.steps += 1
+        if longest > 1 and (starts == longest - 1).any():
+            self.backend.reset(starts == longest - 1)
+        return self._generate_batch(padded[:, -1], temperature, top_k, draws, max_chars)
+
+    def _generate_batch(self, ids, temperature, top_k, draws, max_chars):
+        chars = self.vocab.chars
+        produced = 0
+        while max_chars is None or produced < max_chars:
+            u = np.fromiter((next(d) for d in draws), dtype=np.float64, count=len(draws))
+            ids = self.backend.step_sample(ids, temperature, top_k, u)
+            self.steps += 1
+            produced += 1
+            yield [chars[i] for i in ids]
 
 
 # ---------------------------------------------------------------------- evaluation
@@ -268,11 +464,11 @@ def held_out_text(run_dir: str | os.PathLike) -> str:
 
 
 def evaluate_stream(run_dir: str | os.PathLike, text: str | None = None,
-                    reprime_every: int | None = None) -> dict:
+                    reprime_every: int | None = None, backend: str = "keras") -> dict:
     """Held-out loss of the run two ways: windowed (as trained) and streamed.
 
-    (a) `window_*`: the training model on every 16-character window of `text`,
-        from a zero state, predicting the character after it.
+    (a) `window_*`: the training model on every `seq_len`-character window of
+        `text`, from a zero state, predicting the character after it.
     (b) `stream_*`: the stateful stream run continuously over `text`, each
         character scored given everything before it. With `reprime_every=K`, the
         state is reset every K characters and re-primed from the last `seq_len`.
@@ -283,37 +479,41 @@ def evaluate_stream(run_dir: str | os.PathLike, text: str | None = None,
         run_dir: a trained run.
         text: the text to score; defaults to the run's held-out tail.
         reprime_every: None for one unbroken stream.
+        backend: the stream's backend, `"keras"` or `"native"`.
 
     Returns:
-        `{"characters", "window_nats", "window_bits", "stream_nats", "stream_bits"}`.
+        `{"characters", "window_nats", "window_bits", "stream_nats", "stream_bits",
+        "reprime_every"}`.
     """
     from .batches import WindowBatches
 
     model, vocab, reduce = load_run(run_dir)
     if text is None:
         text = held_out_text(run_dir)
+    if reprime_every is not None and (not isinstance(reprime_every, int) or reprime_every < 1):
+        raise ValueError(f"reprime_every must be a positive integer, got {reprime_every!r}")
     seq_len = model.input_shape[1]
-    gen = StreamGenerator(model, vocab, reduce)
+    gen = StreamGenerator.from_model(model, vocab, reduce, backend=backend)
     ids = gen.encode(text)
     if len(ids) < seq_len + 1:
         raise ValueError(f"text has {len(ids)} characters; scoring needs more than {seq_len}")
 
-    starts = np.arange(len(ids) - seq_len, dtype=np.int64)
+    starts = range(len(ids) - seq_len)
     probs = model.predict(WindowBatches(ids, starts, 1024, seq_len, vocab.size), verbose=0)
     targets = ids[seq_len:]
     window = -np.log(np.maximum(probs[np.arange(len(targets)), targets], 1e-12)).mean()
 
     gen.reset()
     total = 0.0
-    p = gen._step_id(int(ids[0]))
+    p = gen._probs1(int(ids[0]))
     for k in range(1, len(ids)):
         if k >= seq_len:
             total -= math.log(max(p[ids[k]], 1e-12))
         if reprime_every and k >= seq_len and k % reprime_every == 0:
             gen.reset()
             for j in range(k - seq_len + 1, k):
-                gen._step_id(int(ids[j]))
-        p = gen._step_id(int(ids[k]))
+                gen._probs1(int(ids[j]))
+        p = gen._probs1(int(ids[k]))
     stream = total / len(targets)
     return {"characters": int(len(targets)), "window_nats": float(window),
             "window_bits": float(window / math.log(2)), "stream_nats": float(stream),

@@ -276,6 +276,10 @@ def train(config: TrainConfig, run_dir: Path, corpus: Corpus, initial_epoch: int
         raise RuntimeError("training stopped: the loss became NaN (try a lower --learning-rate)")
     with atomic_path(run_dir / "model.keras") as tmp:
         model.save(tmp)
+    from .model import build_inference_model
+    from .native import STREAM_FILE, export_stream_weights
+
+    export_stream_weights(build_inference_model(model), run_dir / STREAM_FILE, config.seq_len)
 
     epochs_run = len(fit.history.get("loss", []))
     summary = {

@@ -106,7 +106,7 @@ def test_step_takes_one_character(gen):
 
 def test_unrepresentable_prime_in_a_raw_vocabulary(trained_run):
     model, _, _ = load_run(trained_run)
-    raw = StreamGenerator(model, Vocabulary.default(), reduce=False)
+    raw = StreamGenerator.from_model(model, Vocabulary.default(), reduce=False)
     with pytest.raises(ValueError, match=r"'R' \(U\+0052\) at position 0 is not in the vocabulary"):
         raw.stream(prime="ROMEO")
 
@@ -125,8 +125,14 @@ def test_bad_run_directories(trained_run, tmp_path):
     with pytest.raises(ValueError, match="vocab.json: not valid JSON"):
         StreamGenerator.load(run)
     Vocabulary("abc").save(run / "vocab.json")
-    with pytest.raises(ValueError, match="model.keras reads and predicts 36 symbols but vocab.json has 3"):
+    with pytest.raises(ValueError, match="config.json says reduce, but vocab.json is not ALPHABET"):
         StreamGenerator.load(run)
+    doc = json.loads((run / "config.json").read_text())
+    doc["settings"]["reduce"] = False
+    (run / "config.json").write_text(json.dumps(doc))
+    for backend, name in (("keras", "model.keras"), ("native", "stream.npz")):
+        with pytest.raises(ValueError, match=f"{name} reads and predicts 36 symbols but vocab.json has 3"):
+            StreamGenerator.load(run, backend=backend)
     Vocabulary.default().save(run / "vocab.json")
     (run / "model.keras").write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(ValueError, match="model.keras: cannot load the model"):

@@ -1,0 +1,307 @@
+# The native stream step: a Python-level class that checks and owns the weights
+# and state, around the C kernel in lstm_step.h (cs_step, cs_sample), which runs
+# without the GIL. One call per character does every layer, the Dense layer, the
+# softmax and the sampling for all streams of the batch.
+
+from libc.stdint cimport int32_t
+from libc.stdlib cimport calloc, free
+
+import numpy as np
+
+cdef extern from "lstm_step.h" nogil:
+    ctypedef struct cs_net:
+        int layers
+        int depth
+        int batch
+        const int* units
+        const float** kernel
+        const float** recurrent
+        const float** bias
+        const float* dense_w
+        const float* dense_b
+        float** h
+        float** c
+        float* z
+    int CS_CHUNK
+    void cs_step(const cs_net* net, const int32_t* ids, float* logits)
+    void cs_softmax(const float* logits, int depth, double temperature, double* p)
+    int32_t cs_sample(const float* logits, int depth, double temperature, int top_k,
+                      double u, double* p)
+
+
+def _f32(array, name, shape):
+    arr = np.ascontiguousarray(array, dtype=np.float32)
+    if arr.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {np.shape(array)}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} holds non-finite values")
+    return arr
+
+
+cdef class NativeLSTM:
+    """Stacked LSTM + Dense softmax for `batch` streams, stepped in C.
+
+    Args:
+        lstms: one `(kernel, recurrent_kernel, bias)` per layer, bottom first, as
+            Keras's `LSTM.get_weights()` gives them: `(in, 4u)`, `(u, 4u)`, `(4u,)`
+            float32, gates in Keras's order `[i, f, c, o]`; `in` is `depth` for
+            layer 0 and the layer below's `u` otherwise.
+        dense_kernel: `(u_last, depth)`.
+        dense_bias: `(depth,)`, 1 <= depth <= 256.
+        batch: independent streams advanced together.
+
+    Raises:
+        ValueError: for inconsistent shapes, non-finite weights or `batch < 1`.
+    """
+    cdef cs_net net
+    cdef int* _units
+    cdef const float** _kernel
+    cdef const float** _recurrent
+    cdef const float** _bias
+    cdef float** _h
+    cdef float** _c
+    cdef list _keep          # owners of every buffer the pointers point into
+    cdef object _z
+    cdef float[:, ::1] _logits
+    cdef double[::1] _p
+    cdef readonly int depth, batch, layers
+    cdef readonly tuple units
+    cdef readonly long flops_per_step
+
+    def __cinit__(self):
+        self._units = NULL
+        self._kernel = self._recurrent = self._bias = NULL
+        self._h = self._c = NULL
+
+    def __init__(self, lstms, dense_kernel, dense_bias, int batch=1):
+        lstms = list(lstms)
+        if not lstms:
+            raise ValueError("at least one LSTM layer is needed")
+        if batch < 1:
+            raise ValueError(f"batch must be a positive integer, got {batch}")
+        bias_d = np.asarray(dense_bias)
+        if bias_d.ndim != 1 or not 1 <= bias_d.shape[0] <= 256:
+            raise ValueError(f"dense bias must have shape (depth,) with 1 <= depth <= 256, "
+                             f"got {bias_d.shape}")
+        cdef int depth = bias_d.shape[0], n = len(lstms), k, u, inp = depth
+        self._keep = []
+        units, flops = [], 0
+        self._units = <int*>calloc(n, sizeof(int))
+        self._kernel = <const float**>calloc(n, sizeof(float*))
+        self._recurrent = <const float**>calloc(n, sizeof(float*))
+        self._bias = <const float**>calloc(n, sizeof(float*))
+        self._h = <float**>calloc(n, sizeof(float*))
+        self._c = <float**>calloc(n, sizeof(float*))
+        if not (self._units and self._kernel and self._recurrent and self._bias
+                and self._h and self._c):
+            raise MemoryError()
+        cdef float[:, ::1] m2
+        cdef float[::1] m1
+        for k in range(n):
+            try:
+                kernel, recurrent, bias = lstms[k]
+            except (TypeError, ValueError):
+                raise ValueError(f"layer {k}: expected (kernel, recurrent_kernel, bias)") from None
+            if np.ndim(recurrent) != 2:
+                raise ValueError(f"layer {k}: recurrent kernel must be 2-D, got {np.shape(recurrent)}")
+            u = np.shape(recurrent)[0]
+            if u < 1:
+                raise ValueError(f"layer {k}: no units")
+            kernel = _f32(kernel, f"layer {k} kernel", (inp, 4 * u))
+            recurrent = _f32(recurrent, f"layer {k} recurrent kernel", (u, 4 * u))
+            bias = _f32(bias, f"layer {k} bias", (4 * u,))
+            h = np.zeros((batch, u), np.float32)
+            c = np.zeros((batch, u), np.float32)
+            self._keep += [kernel, recurrent, bias, h, c]
+            self._units[k] = u
+            m2 = kernel
+            self._kernel[k] = &m2[0, 0]
+            m2 = recurrent
+            self._recurrent[k] = &m2[0, 0]
+            m1 = bias
+            self._bias[k] = &m1[0]
+            m2 = h
+            self._h[k] = &m2[0, 0]
+            m2 = c
+            self._c[k] = &m2[0, 0]
+            # multiply-adds: the recurrent product, the input product (a row
+            # gather for layer 0's one-hot), plus about 10 flops per unit for gates.
+            flops += 2 * u * 4 * u + (0 if k == 0 else 2 * inp * 4 * u) + 4 * u + 10 * u
+            units.append(u)
+            inp = u
+        dense_kernel = _f32(dense_kernel, "dense kernel", (inp, depth))
+        dense_bias = _f32(dense_bias, "dense bias", (depth,))
+        self._keep += [dense_kernel, dense_bias]
+        m2 = dense_kernel
+        self.net.dense_w = &m2[0, 0]
+        m1 = dense_bias
+        self.net.dense_b = &m1[0]
+        self._z = np.zeros(CS_CHUNK * 4 * max(units), np.float32)
+        m1 = self._z
+        self.net.z = &m1[0]
+        self.net.layers = n
+        self.net.depth = depth
+        self.net.batch = batch
+        self.net.units = self._units
+        self.net.kernel = self._kernel
+        self.net.recurrent = self._recurrent
+        self.net.bias = self._bias
+        self.net.h = self._h
+        self.net.c = self._c
+        self._logits = np.zeros((batch, depth), np.float32)
+        self._p = np.zeros(depth, np.float64)
+        self.depth, self.batch, self.layers = depth, batch, n
+        self.units = tuple(units)
+        self.flops_per_step = flops + 2 * inp * depth + 4 * depth
+
+    def __dealloc__(self):
+        free(self._units)
+        free(self._kernel)
+        free(self._recurrent)
+        free(self._bias)
+        free(self._h)
+        free(self._c)
+
+    def reset(self, rows=None):
+        """Zero the state of every stream, or of the streams where `rows` is True."""
+        for k in range(self.layers):
+            h, c = self._keep[5 * k + 3], self._keep[5 * k + 4]
+            if rows is None:
+                h.fill(0)
+                c.fill(0)
+            else:
+                mask = np.asarray(rows, dtype=bool)
+                if mask.shape != (self.batch,):
+                    raise ValueError(f"rows must have shape ({self.batch},), got {mask.shape}")
+                h[mask] = 0
+                c[mask] = 0
+
+    def state(self):
+        """Copies of `(h, c)` for each layer, each `(batch, units)`."""
+        return [(self._keep[5 * k + 3].copy(), self._keep[5 * k + 4].copy())
+                for k in range(self.layers)]
+
+    cdef _ids(self, ids):
+        arr = np.asarray(ids)
+        if arr.dtype.kind not in "iu":
+            raise TypeError(f"ids must be integers, got dtype {arr.dtype}")
+        arr = np.ascontiguousarray(arr.reshape(-1) if arr.ndim == 0 else arr, dtype=np.int64)
+        if arr.shape != (self.batch,):
+            raise ValueError(f"ids must have shape ({self.batch},), got {np.shape(ids)}")
+        bad = np.flatnonzero((arr < 0) | (arr >= self.depth))
+        if bad.size:
+            raise ValueError(f"ids[{bad[0]}] = {arr[bad[0]]} is out of range for depth {self.depth}")
+        return arr.astype(np.int32)
+
+    def logits(self, ids):
+        """Feed `ids[b]` to stream b; return the `(batch, depth)` float32 logits."""
+        cdef int32_t[::1] iv = self._ids(ids)
+        with nogil:
+            cs_step(&self.net, &iv[0], &self._logits[0, 0])
+        return np.asarray(self._logits).copy()
+
+    def probs(self, ids):
+        """Feed `ids[b]` to stream b; return the `(batch, depth)` float64 softmax."""
+        cdef int32_t[::1] iv = self._ids(ids)
+        out = np.empty((self.batch, self.depth), np.float64)
+        cdef double[:, ::1] ov = out
+        cdef int b
+        with nogil:
+            cs_step(&self.net, &iv[0], &self._logits[0, 0])
+            for b in range(self.net.batch):
+                cs_softmax(&self._logits[b, 0], self.net.depth, 1.0, &ov[b, 0])
+        return out
+
+    cpdef int step_sample1(self, int char_id, double temperature, int top_k, double u) except -1:
+        """The single-stream fast path of `step_sample`: scalars in, the id out.
+
+        `top_k <= 0` keeps every id. Requires `batch == 1`.
+        """
+        if self.net.batch != 1:
+            raise ValueError(f"step_sample1 needs batch 1, this net has batch {self.net.batch}")
+        if not 0 <= char_id < self.net.depth:
+            raise ValueError(f"id {char_id} is out of range for depth {self.net.depth}")
+        if not 0 <= temperature < float("inf"):
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+        cdef int32_t cid = char_id, out
+        with nogil:
+            cs_step(&self.net, &cid, &self._logits[0, 0])
+            out = cs_sample(&self._logits[0, 0], self.net.depth, temperature, top_k, u,
+                            &self._p[0])
+        return out
+
+    def sample_many(self, int first_id, int n, double temperature, int top_k, u):
+        """Run `n` steps of a single stream in one call: feed `first_id`, sample with
+        `u[0]`, feed that, ... Returns the `(n,)` int32 ids (as `n` calls of
+        `step_sample1` would)."""
+        if self.net.batch != 1:
+            raise ValueError(f"sample_many needs batch 1, this net has batch {self.net.batch}")
+        if not 0 <= first_id < self.net.depth:
+            raise ValueError(f"id {first_id} is out of range for depth {self.net.depth}")
+        if not 0 <= temperature < float("inf"):
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+        uarr = np.ascontiguousarray(u, dtype=np.float64)
+        if n < 0 or uarr.shape != (n,):
+            raise ValueError(f"u must have shape ({n},), got {uarr.shape}")
+        out = np.empty(n, np.int32)
+        if n == 0:
+            return out
+        cdef int32_t[::1] ov = out
+        cdef double[::1] uv = uarr
+        cdef int32_t cid = first_id
+        cdef int i
+        with nogil:
+            for i in range(n):
+                cs_step(&self.net, &cid, &self._logits[0, 0])
+                cid = cs_sample(&self._logits[0, 0], self.net.depth, temperature, top_k,
+                                uv[i], &self._p[0])
+                ov[i] = cid
+        return out
+
+    def step_sample(self, ids, double temperature, top_k, u):
+        """Feed `ids`, then sample each stream's next id with its uniform `u[b]`.
+
+        Args:
+            ids: `(batch,)` ids to feed.
+            temperature: >= 0; 0 is argmax.
+            top_k: None, or keep the k most likely.
+            u: `(batch,)` float64 uniforms in [0, 1), one per stream.
+
+        Returns:
+            `(batch,)` int32 sampled ids.
+        """
+        if not temperature >= 0 or temperature == float("inf"):
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+        cdef int k = 0 if top_k is None else top_k
+        if top_k is not None and k < 1:
+            raise ValueError(f"top_k must be a positive integer or None, got {top_k}")
+        cdef int32_t[::1] iv = self._ids(ids)
+        uarr = np.ascontiguousarray(u, dtype=np.float64)
+        if uarr.shape != (self.batch,):
+            raise ValueError(f"u must have shape ({self.batch},), got {uarr.shape}")
+        cdef double[::1] uv = uarr
+        out = np.empty(self.batch, np.int32)
+        cdef int32_t[::1] ov = out
+        cdef int b
+        with nogil:
+            cs_step(&self.net, &iv[0], &self._logits[0, 0])
+            for b in range(self.net.batch):
+                ov[b] = cs_sample(&self._logits[b, 0], self.net.depth, temperature, k,
+                                  uv[b], &self._p[0])
+        return out
+
+
+def sample_from_logits(logits, double temperature, int top_k, double u):
+    """The C sampler on one row of logits (for tests: the NumPy twin is
+    `charstream.stream.sample_id` on `softmax(logits)`). `top_k <= 0` keeps all."""
+    arr = np.ascontiguousarray(logits, dtype=np.float32)
+    if arr.ndim != 1 or not 1 <= arr.shape[0] <= 256:
+        raise ValueError(f"logits must have shape (depth,) with 1 <= depth <= 256, got {arr.shape}")
+    if not 0 <= temperature < float("inf"):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+    cdef float[::1] lv = arr
+    cdef double[::1] p = np.empty(arr.shape[0], np.float64)
+    cdef int32_t out
+    with nogil:
+        out = cs_sample(&lv[0], <int>lv.shape[0], temperature, top_k, u, &p[0])
+    return out

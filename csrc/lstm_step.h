@@ -1,0 +1,203 @@
+/* The native stream step: stacked LSTM cells, the Dense layer, softmax and
+ * sampling, for `batch` independent streams, in plain C with no Python objects.
+ *
+ * Keras's LSTM exactly: z = x @ kernel + h @ recurrent_kernel + bias, split into
+ * gates in Keras's order [i, f, c, o]; i, f, o = sigmoid, candidate = tanh,
+ * c' = f * c + i * tanh_candidate, h' = o * tanh(c'). Layer 0's input is one-hot,
+ * so x @ kernel is one row of the kernel.
+ *
+ * Matrix products are written as rows of axpy (z += a * w_row, four rows at a
+ * time), which compilers vectorise; streams are processed CS_CHUNK at a time so
+ * a weight row is read once from L2 per chunk while the chunk's accumulators
+ * stay in L1. exp is a branch-free polynomial so the gate loops vectorise. On
+ * x86-64 Linux with GCC, cs_step is compiled for AVX-512, AVX2+FMA and the
+ * baseline, and the loader picks the best the CPU has (target_clones).
+ */
+#ifndef CHARSTREAM_LSTM_STEP_H
+#define CHARSTREAM_LSTM_STEP_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define CS_CHUNK 8
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define CS_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define CS_CLONES
+#endif
+
+typedef struct {
+    int layers;                     /* stacked LSTMs */
+    int depth;                      /* vocabulary size */
+    int batch;                      /* streams */
+    const int *units;               /* [layers] */
+    const float **kernel;           /* [layers] (in_k, 4 u_k); in_0 = depth */
+    const float **recurrent;        /* [layers] (u_k, 4 u_k) */
+    const float **bias;             /* [layers] (4 u_k) */
+    const float *dense_w;           /* (u_last, depth) */
+    const float *dense_b;           /* (depth) */
+    float **h;                      /* [layers] (batch, u_k), updated in place */
+    float **c;                      /* [layers] (batch, u_k), updated in place */
+    float *z;                       /* scratch (CS_CHUNK, 4 u_max) */
+} cs_net;
+
+static inline void cs_axpy(float *restrict y, float a, const float *restrict x, int n) {
+    for (int k = 0; k < n; k++) y[k] += a * x[k];
+}
+
+/* y += a0 w0 + a1 w1 + a2 w2 + a3 w3 for four consecutive weight rows (stride ld):
+ * one load and store of y per four multiply-adds. */
+static inline void cs_axpy4(float *restrict y, float a0, float a1, float a2, float a3,
+                            const float *restrict w, size_t ld, int n) {
+    const float *restrict w0 = w, *restrict w1 = w + ld;
+    const float *restrict w2 = w + 2 * ld, *restrict w3 = w + 3 * ld;
+    for (int k = 0; k < n; k++) y[k] += a0 * w0[k] + a1 * w1[k] + a2 * w2[k] + a3 * w3[k];
+}
+
+/* y[r] += x[r] @ W for the nb rows of a chunk: x (nb, n_in) with row stride ldx,
+ * W (n_in, g), y (nb, g). Weight rows are the outer loop, so each is read from
+ * L2 once per chunk. */
+static inline void cs_gemm_acc(float *y, const float *x, int ldx, const float *W,
+                               int n_in, int g, int nb) {
+    int j = 0;
+    for (; j + 4 <= n_in; j += 4) {
+        const float *w = W + (size_t)j * g;
+        for (int r = 0; r < nb; r++) {
+            const float *xr = x + (size_t)r * ldx + j;
+            cs_axpy4(y + (size_t)r * g, xr[0], xr[1], xr[2], xr[3], w, g, g);
+        }
+    }
+    for (; j < n_in; j++)
+        for (int r = 0; r < nb; r++)
+            cs_axpy(y + (size_t)r * g, x[(size_t)r * ldx + j], W + (size_t)j * g, g);
+}
+
+/* exp(x) for float, branch-free so the gate loops vectorise (libm's expf is a
+ * call per element): Cody-Waite range reduction and Cephes's degree-6
+ * polynomial, within 2 ulp of expf over the clamped range [-87, 88]. */
+static inline float cs_expf(float x) {
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    float n = x * 1.44269504088896341f;
+    n = (float)(int)(n + (n >= 0.0f ? 0.5f : -0.5f));   /* round to nearest */
+    float f = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * f + 1.3981999507e-3f;
+    p = p * f + 8.3334519073e-3f;
+    p = p * f + 4.1665795894e-2f;
+    p = p * f + 1.6666665459e-1f;
+    p = p * f + 5.0000001201e-1f;
+    p = p * f * f + f + 1.0f;
+    union { int32_t i; float f; } scale;
+    scale.i = ((int32_t)n + 127) << 23;
+    return p * scale.f;
+}
+
+static inline float cs_sigmoid(float x) { return 1.0f / (1.0f + cs_expf(-x)); }
+
+/* tanh(x) = 1 - 2 / (1 + exp(2x)): absolute error about 1e-7 near 0. */
+static inline float cs_tanh(float x) { return 1.0f - 2.0f / (1.0f + cs_expf(2.0f * x)); }
+
+/* One step of every stream: feed ids[b] to stream b, leave its next-character
+ * logits in logits[b * depth : (b + 1) * depth]. */
+CS_CLONES
+static void cs_step(const cs_net *net, const int32_t *ids, float *logits) {
+    const int B = net->batch;
+    for (int b0 = 0; b0 < B; b0 += CS_CHUNK) {
+        const int nb = B - b0 < CS_CHUNK ? B - b0 : CS_CHUNK;
+        for (int k = 0; k < net->layers; k++) {
+            const int u = net->units[k], g = 4 * u;
+            const int in = k == 0 ? net->depth : net->units[k - 1];
+            float *z = net->z;
+            for (int r = 0; r < nb; r++) {
+                float *zr = z + (size_t)r * g;
+                const float *bias = net->bias[k];
+                if (k == 0) {  /* one-hot input: x @ kernel is one kernel row */
+                    const float *row = net->kernel[0] + (size_t)ids[b0 + r] * g;
+                    for (int j = 0; j < g; j++) zr[j] = bias[j] + row[j];
+                } else {
+                    memcpy(zr, bias, sizeof(float) * g);
+                }
+            }
+            if (k > 0)  /* the layer below's new h */
+                cs_gemm_acc(z, net->h[k - 1] + (size_t)b0 * in, in, net->kernel[k], in, g, nb);
+            cs_gemm_acc(z, net->h[k] + (size_t)b0 * u, u, net->recurrent[k], u, g, nb);
+            for (int r = 0; r < nb; r++) {
+                const float *zr = z + (size_t)r * g;
+                float *restrict h = net->h[k] + (size_t)(b0 + r) * u;
+                float *restrict c = net->c[k] + (size_t)(b0 + r) * u;
+                for (int j = 0; j < u; j++) {
+                    const float i_g = cs_sigmoid(zr[j]);
+                    const float f_g = cs_sigmoid(zr[u + j]);
+                    const float c_g = cs_tanh(zr[2 * u + j]);
+                    const float o_g = cs_sigmoid(zr[3 * u + j]);
+                    const float cn = f_g * c[j] + i_g * c_g;
+                    c[j] = cn;
+                    h[j] = o_g * cs_tanh(cn);
+                }
+            }
+        }
+        {
+            const int u = net->units[net->layers - 1], d = net->depth;
+            float *out = logits + (size_t)b0 * d;
+            for (int r = 0; r < nb; r++) memcpy(out + (size_t)r * d, net->dense_b, sizeof(float) * d);
+            cs_gemm_acc(out, net->h[net->layers - 1] + (size_t)b0 * u, u, net->dense_w, u, d, nb);
+        }
+    }
+}
+
+/* softmax(logits / temperature) in double into p[0:depth]; temperature > 0. */
+static inline void cs_softmax(const float *logits, int depth, double temperature, double *p) {
+    double m = logits[0], total = 0.0;
+    for (int i = 1; i < depth; i++) if (logits[i] > m) m = logits[i];
+    for (int i = 0; i < depth; i++) {
+        p[i] = exp(((double)logits[i] - m) / temperature);
+        total += p[i];
+    }
+    for (int i = 0; i < depth; i++) p[i] /= total;
+}
+
+/* Sample one id under charstream's contract (see charstream/stream.py):
+ * temperature 0 is argmax (first maximum); otherwise softmax(logits / T), keep
+ * the top_k most likely (ties to the lower id; top_k <= 0 keeps all), and return
+ * the first id whose cumulative probability exceeds u * total. p: depth doubles
+ * of scratch. */
+static inline int32_t cs_sample(const float *logits, int depth, double temperature,
+                                int top_k, double u, double *p) {
+    if (temperature == 0.0) {
+        int best = 0;
+        for (int i = 1; i < depth; i++) if (logits[i] > logits[best]) best = i;
+        return best;
+    }
+    cs_softmax(logits, depth, temperature, p);
+    if (top_k > 0 && top_k < depth) {
+        /* The k-th largest value and how many of it to keep (lowest ids first). */
+        int above = 0, kept_ties;
+        double kth = -1.0;
+        for (int i = 0; i < depth; i++) {       /* rank each value: O(depth^2) <= 65536 */
+            int rank = 0;
+            for (int j = 0; j < depth; j++) rank += p[j] > p[i] || (p[j] == p[i] && j < i);
+            if (rank == top_k - 1) kth = p[i];
+        }
+        for (int i = 0; i < depth; i++) above += p[i] > kth;
+        kept_ties = top_k - above;
+        for (int i = 0; i < depth; i++) {
+            if (p[i] > kth) continue;
+            if (p[i] == kth && kept_ties > 0) { kept_ties--; continue; }
+            p[i] = 0.0;
+        }
+    }
+    {
+        double total = 0.0, acc = 0.0, target;
+        for (int i = 0; i < depth; i++) total += p[i];
+        target = u * total;
+        for (int i = 0; i < depth; i++) {
+            acc += p[i];
+            if (acc > target) return i;
+        }
+        return depth - 1;
+    }
+}
+
+#endif

@@ -1,0 +1,233 @@
+"""The native backend against the Keras inference copy, batching, and bad input."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from charstream import StreamGenerator, Vocabulary
+from charstream._stream import NativeLSTM, sample_from_logits
+from charstream.model import build_inference_model, build_training_model, lstm_layers, reset_states
+from charstream.native import NativeBackend, load_stream_weights
+from charstream.stream import sample_id
+
+
+def _native(train_model, batch=1):
+    inf = build_inference_model(train_model)
+    return NativeLSTM([l.get_weights() for l in lstm_layers(inf)], *inf.layers[-1].get_weights(),
+                      batch=batch)
+
+
+def _max_diff_over(train_model, steps, seed=0):
+    depth = train_model.output_shape[-1]
+    inf = build_inference_model(train_model)
+    net = _native(train_model)
+    step = __import__("tensorflow").function(lambda x: inf(x, training=False))
+    reset_states(inf)
+    worst = 0.0
+    for i in np.random.default_rng(seed).integers(0, depth, steps):
+        x = np.zeros((1, 1, depth), np.float32)
+        x[0, 0, i] = 1
+        keras_p = np.asarray(step(x))[0]
+        worst = max(worst, float(np.abs(net.probs([i])[0] - keras_p).max()))
+    return worst
+
+
+@pytest.mark.parametrize("depth, units, layers", [(36, 128, 1), (7, 5, 2), (60, 33, 3), (256, 9, 1)])
+def test_matches_keras_over_thousands_of_steps_on_random_weights(depth, units, layers):
+    import keras
+
+    keras.utils.set_random_seed(depth)
+    model = build_training_model(depth=depth, units=units, layers=layers)  # Keras's random init
+    assert _max_diff_over(model, 2000) <= 1e-5
+
+
+def test_matches_keras_on_larger_random_weights():
+    # Normal(0, 0.2) weights, about 4x Keras's init. From about 0.3 on the recurrence
+    # turns chaotic: any two float32 implementations (even TF on two machines) part
+    # ways after some hundred steps, so equivalence is tested below that regime.
+    model = build_training_model(depth=36, units=128)
+    rng = np.random.default_rng(0)
+    model.set_weights([rng.normal(0, 0.2, w.shape).astype("float32") for w in model.get_weights()])
+    assert _max_diff_over(model, 2000, seed=1) <= 1e-5
+
+
+@pytest.fixture(scope="module")
+def keras_gen(trained_run):
+    return StreamGenerator.load(trained_run)
+
+
+@pytest.fixture(scope="module")
+def native_gen(trained_run):
+    return StreamGenerator.load(trained_run, backend="native")
+
+
+def test_matches_keras_on_a_trained_run(keras_gen, native_gen):
+    text = "romeo: but soft, what light through yonder window breaks?\n\n" * 40
+    keras_gen.reset()
+    native_gen.reset()
+    worst = 0.0
+    for ch in text:
+        worst = max(worst, float(np.abs(keras_gen.step(ch) - native_gen.step(ch)).max()))
+    assert worst <= 1e-5
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(temperature=0.7), dict(temperature=1.5, top_k=5),
+                                    dict(temperature=0)])
+def test_same_seed_same_text_on_both_backends(keras_gen, native_gen, kwargs):
+    a = keras_gen.generate(400, prime="JULIET:", seed=11, **kwargs)
+    b = native_gen.generate(400, prime="JULIET:", seed=11, **kwargs)
+    assert a == b
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 60), st.integers(0, 2**32 - 1),
+       st.sampled_from([0.0, 0.5, 1.0, 2.0]), st.integers(0, 70))
+def test_c_sampler_equals_numpy_sampler(depth, seed, temperature, top_k):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 3, depth).astype(np.float32)
+    if depth > 3:
+        logits[1] = logits[2]  # a tie, for top-k and argmax
+    u = float(rng.random())
+    p = np.exp(logits.astype(np.float64) - logits.max())
+    p /= p.sum()
+    expected = sample_id(p, temperature, top_k or None, u)
+    assert sample_from_logits(logits, temperature, top_k, u) == expected
+
+
+def test_batched_streams_equal_single_streams(trained_run, native_gen, keras_gen):
+    primes = ["ROMEO:", "", "a", "first citizen: before we proceed", "ALL:"]
+    seeds = [1, 2, 3, 4, None]
+    seeds[4] = 5
+    for backend, single in (("native", native_gen), ("keras", keras_gen)):
+        batch = StreamGenerator.load(trained_run, backend=backend, batch_size=5)
+        rows = list(batch.stream_batch(primes, seeds, temperature=0.9, max_chars=120))
+        assert len(rows) == 120 and all(len(r) == 5 for r in rows)
+        for k in range(5):
+            alone = single.generate(120, prime=primes[k], seed=seeds[k], temperature=0.9)
+            assert "".join(r[k] for r in rows) == alone, (backend, k)
+
+
+def test_batch_of_64_native_rows_are_bit_identical_to_single(trained_run):
+    batch = StreamGenerator.load(trained_run, backend="native", batch_size=64)
+    single = StreamGenerator.load(trained_run, backend="native")
+    rows = list(batch.stream_batch(["romeo"] * 64, seeds=range(64), max_chars=50))
+    for k in (0, 13, 63):
+        assert "".join(r[k] for r in rows) == single.generate(50, prime="romeo", seed=k)
+
+
+def test_native_never_imports_tensorflow(trained_run):
+    code = ("import sys; from charstream import generate; "
+            f"rc = generate.main([{str(trained_run)!r}, '--backend', 'native', '--length', '20']); "
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules; sys.exit(rc)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert len(out.stdout) == 21
+
+
+def test_reset_rows_zeroes_only_those_rows():
+    model = build_training_model(depth=5, units=4)
+    net = _native(model, batch=3)
+    net.probs([1, 2, 3])
+    before = net.state()
+    net.reset([False, True, False])
+    after = net.state()
+    for (h0, c0), (h1, c1) in zip(before, after):
+        np.testing.assert_array_equal(h1[[0, 2]], h0[[0, 2]])
+        assert not h1[1].any() and not c1[1].any()
+
+
+# --------------------------------------------------------------------------- bad input
+
+def test_bad_construction():
+    w = [(np.zeros((5, 16), np.float32), np.zeros((4, 16), np.float32), np.zeros(16, np.float32))]
+    with pytest.raises(ValueError, match="batch must be a positive integer, got 0"):
+        NativeLSTM(w, np.zeros((4, 5)), np.zeros(5), batch=0)
+    with pytest.raises(ValueError, match=r"layer 0 kernel must have shape \(5, 16\), got \(6, 16\)"):
+        NativeLSTM([(np.zeros((6, 16)),) + w[0][1:]], np.zeros((4, 5)), np.zeros(5))
+    with pytest.raises(ValueError, match=r"dense kernel must have shape \(4, 5\)"):
+        NativeLSTM(w, np.zeros((3, 5)), np.zeros(5))
+    with pytest.raises(ValueError, match="non-finite"):
+        NativeLSTM(w, np.full((4, 5), np.nan), np.zeros(5))
+    with pytest.raises(ValueError, match="at least one LSTM layer"):
+        NativeLSTM([], np.zeros((4, 5)), np.zeros(5))
+    net = NativeLSTM(w, np.zeros((4, 5)), np.zeros(5))
+    with pytest.raises(ValueError, match=r"ids\[0\] = 5 is out of range for depth 5"):
+        net.probs([5])
+    with pytest.raises(ValueError, match="out of range"):
+        net.step_sample1(-1, 1.0, 0, 0.5)
+    with pytest.raises(ValueError, match="temperature"):
+        net.step_sample1(0, -1.0, 0, 0.5)
+
+
+def test_batch_size_zero(trained_run):
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        StreamGenerator.load(trained_run, backend="native", batch_size=0)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        StreamGenerator.load(trained_run, backend="cuda")
+
+
+def test_wrong_number_of_primes(trained_run):
+    gen = StreamGenerator.load(trained_run, backend="native", batch_size=2)
+    with pytest.raises(ValueError, match="expected 2 primes"):
+        gen.stream_batch(["a"])
+    with pytest.raises(ValueError, match="expected 2 seeds"):
+        gen.stream_batch(["a", "b"], seeds=[1])
+    with pytest.raises(ValueError, match="needs batch_size 1"):
+        gen.stream()
+
+
+def _save(path, **arrays):
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def test_corrupt_or_mismatched_stream_weights(trained_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    good = dict(np.load(run / "stream.npz"))
+    meta = json.loads(bytes(good["meta"]))
+    path = run / "stream.npz"
+
+    def expect(match):
+        with pytest.raises(ValueError, match=match) as info:
+            StreamGenerator.load(run, backend="native")
+        assert "stream.npz" in str(info.value)
+
+    path.write_bytes(b"not a zip at all")
+    expect("not a readable .npz file")
+    _save(path, **{k: v for k, v in good.items() if k != "dense_bias"})
+    expect(r"missing arrays \['dense_bias'\]")
+    _save(path, **{**good, "meta": np.frombuffer(json.dumps({**meta, "version": 7}).encode(), np.uint8)})
+    expect("unsupported stream weights version 7")
+    _save(path, **{**good, "meta": np.frombuffer(b"{not json", np.uint8)})
+    expect("no valid \"meta\"")
+    _save(path, **{**good, "lstm_1_bias": good["lstm_1_bias"].astype(np.float64)})
+    expect("lstm_1_bias must be float32")
+    _save(path, **{**good, "lstm_1_recurrent_kernel": good["lstm_1_recurrent_kernel"][:, :-4]})
+    expect("layer 0 recurrent kernel must have shape")
+    _save(path, **{**good, "meta": np.frombuffer(json.dumps({**meta, "depth": 40}).encode(), np.uint8)})
+    expect("stream.npz reads and predicts 40 symbols but vocab.json has 36")
+    path.unlink()
+    with pytest.raises(FileNotFoundError, match="stream.npz: no such stream weights file"):
+        StreamGenerator.load(run, backend="native")
+    # The pickle door stays shut: an object array is refused, not unpickled.
+    np.savez(path, **{**good, "dense_bias": np.array([{"x": 1}], dtype=object)})
+    expect("not a readable .npz file")
+
+
+def test_exported_weights_are_the_inference_copys(trained_run):
+    from charstream.stream import load_run
+
+    model, _, _ = load_run(trained_run)
+    weights = load_stream_weights(trained_run / "stream.npz")
+    inf = build_inference_model(model)
+    for (k, r, b), layer in zip(weights["lstms"], lstm_layers(inf)):
+        for a, e in zip((k, r, b), layer.get_weights()):
+            np.testing.assert_array_equal(a, e)
+    assert weights["meta"]["units"] == [24] and weights["meta"]["gates"] == "ifco"
