@@ -5,12 +5,17 @@ Set CHARSTREAM_DEBUG=1 to rebuild with bounds and initialisation checks on
 (and no -O3) when chasing a memory bug in a kernel.
 """
 import os
+import sys
 
 import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 DEBUG = os.environ.get("CHARSTREAM_DEBUG", "0") not in ("", "0")
+# GCC and clang on Linux take -fopenmp; elsewhere (or CHARSTREAM_OPENMP=0) the
+# kernels are built single-threaded, which changes nothing but the batched speed.
+OPENMP = (["-fopenmp"] if sys.platform.startswith("linux")
+          and os.environ.get("CHARSTREAM_OPENMP", "1") != "0" else [])
 
 directives = {
     "language_level": 3,
@@ -27,9 +32,11 @@ extensions = [
         [f"csrc/{name}.pyx"],
         include_dirs=["csrc", np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-        # -O3 vectorises the kernels' axpy loops; lstm_step.h adds per-CPU clones.
-        extra_compile_args=["-O0", "-g"] if DEBUG else ["-O3"],
-        depends=["csrc/lstm_step.h"],
+        # -O3 vectorises the kernels' loops; lstm_step.h adds per-CPU clones; OpenMP
+        # spreads a batch of streams over the cores (OMP_NUM_THREADS to limit it).
+        extra_compile_args=(["-O0", "-g"] if DEBUG else ["-O3"]) + OPENMP,
+        extra_link_args=OPENMP,
+        depends=["csrc/lstm_step.h", "csrc/nt_copy.h"],
     )
     for name in ("_text", "_stream")
 ]

@@ -63,3 +63,25 @@ ENCODE_CONTENDERS = {
 def record_rate(benchmark, amount: float, unit: str) -> None:
     """Store `amount / median seconds` in the JSON and the table (e.g. GB/s)."""
     benchmark.extra_info[unit] = round(amount / benchmark.stats.stats.median, 3)
+
+
+@pytest.fixture(scope="session")
+def random_run(tmp_path_factory):
+    """A run directory holding the default model with random weights (speed does
+    not depend on the weights): model.keras, stream.npz, vocab.json, config.json."""
+    import keras
+
+    from charstream.config import TrainConfig, write_run_config
+    from charstream.model import build_inference_model, build_training_model
+    from charstream.native import STREAM_FILE, export_stream_weights
+
+    run = tmp_path_factory.mktemp("bench") / "run"
+    run.mkdir()
+    keras.utils.set_random_seed(0)
+    model = build_training_model()
+    model.save(run / "model.keras")
+    export_stream_weights(build_inference_model(model), run / STREAM_FILE, 16)
+    charstream.Vocabulary.default().save(run / "vocab.json")
+    write_run_config(run / "config.json", TrainConfig(),
+                     {"path": "random", "sha256": "", "characters": 0}, 36)
+    return run

@@ -12,13 +12,14 @@ import sys
 # The contender each group is compared with.
 REFERENCES = {
     "python-translate", "numpy-eye-sliding-window", "numpy-take-out", "numpy-fancy-index",
-    "in-memory-model.fit", "tutorial_repredict_window",
+    "in-memory-model.fit", "tutorial_repredict_window", "keras",
 }
 
 
 def _contender(bench):
     params = bench.get("params") or {}
-    name = params.get("name") or bench["name"].split("[")[0].removeprefix("test_")
+    name = (params.get("name") or params.get("backend")
+            or bench["name"].split("[")[0].removeprefix("test_"))
     size = params.get("size", params.get("batch", ""))
     return name, str(size)
 
@@ -30,21 +31,30 @@ def _time(seconds):
     return f"{seconds * 1e9:.3g} ns"
 
 
+def _speedup(bench, ref) -> float:
+    """How many times faster than the reference: by the rate both recorded (their
+    rounds may do different amounts of work), else by median time."""
+    for unit, value in bench.get("extra_info", {}).items():
+        if unit.endswith("/s") and ref.get("extra_info", {}).get(unit):
+            return value / ref["extra_info"][unit]
+    return ref["stats"]["median"] / bench["stats"]["median"]
+
+
 def table(doc) -> str:
     rows = []
-    medians = {}
+    refs = {}
     for bench in doc["benchmarks"]:
         name, size = _contender(bench)
-        medians[(bench["group"], size, name)] = bench["stats"]["median"]
-    refs = {(g, s): m for (g, s, n), m in medians.items() if n in REFERENCES}
+        if name in REFERENCES:
+            refs[(bench["group"], size)] = bench
     for bench in doc["benchmarks"]:
         name, size = _contender(bench)
         group, median = bench["group"], bench["stats"]["median"]
         ref = refs.get((group, size)) or refs.get((group, ""))
-        ratio = f"{ref / median:.2f}x" if ref else ""
+        ratio = f"{_speedup(bench, ref):.2f}x" if ref else ""
         rate = ", ".join(f"{v:,.6g} {k}" for k, v in bench.get("extra_info", {}).items())
         rows.append((group, size, name, _time(median), ratio, rate))
-    rows.sort(key=lambda r: (r[0], r[1]))
+    rows.sort(key=lambda r: (r[0], r[1]))  # stable: contenders keep the suite's order
     info = doc.get("machine_info", {})
     cpu = info.get("cpu", {}).get("brand_raw", "unknown CPU")
     out = [f"Machine: {cpu}, {info.get('cpu', {}).get('count', '?')} cores, "

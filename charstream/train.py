@@ -341,7 +341,8 @@ def _resume_plan(args, given: set, config: TrainConfig):
             f"{run_dir}: {what} cannot change on --resume (the run was trained with "
             "other settings); only --epochs and --patience may")
     config = saved.replace(**{n: getattr(config, n) for n in given & RESUMABLE}).validate()
-    corpus = prepare_corpus(config)
+    # The corpus the run recorded, not whatever $CHARSTREAM_DATA says today.
+    corpus = prepare_corpus(config.replace(data=config.data or doc.get("corpus", {}).get("path")))
     if corpus.sha256 != doc.get("corpus", {}).get("sha256"):
         raise ConfigError(
             f"{corpus.path}: the corpus changed since {run_dir} was trained "

@@ -21,6 +21,7 @@ cdef extern from "lstm_step.h" nogil:
         const float* dense_b
         float** h
         float** c
+        int gmax
         float* z
     int CS_CHUNK
     void cs_step(const cs_net* net, const int32_t* ids, float* logits)
@@ -136,7 +137,9 @@ cdef class NativeLSTM:
         self.net.dense_w = &m2[0, 0]
         m1 = dense_bias
         self.net.dense_b = &m1[0]
-        self._z = np.zeros(CS_CHUNK * 4 * max(units), np.float32)
+        chunks = (batch + CS_CHUNK - 1) // CS_CHUNK
+        self._z = np.zeros(chunks * CS_CHUNK * 4 * max(units), np.float32)
+        self.net.gmax = 4 * max(units)
         m1 = self._z
         self.net.z = &m1[0]
         self.net.layers = n
@@ -212,17 +215,21 @@ cdef class NativeLSTM:
                 cs_softmax(&self._logits[b, 0], self.net.depth, 1.0, &ov[b, 0])
         return out
 
+    cdef int _check_single(self, str what, int char_id, double temperature) except -1:
+        if self.net.batch != 1:
+            raise ValueError(f"{what} needs batch 1, this net has batch {self.net.batch}")
+        if not 0 <= char_id < self.net.depth:
+            raise ValueError(f"id {char_id} is out of range for depth {self.net.depth}")
+        if not 0 <= temperature < float("inf"):
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+        return 0
+
     cpdef int step_sample1(self, int char_id, double temperature, int top_k, double u) except -1:
         """The single-stream fast path of `step_sample`: scalars in, the id out.
 
         `top_k <= 0` keeps every id. Requires `batch == 1`.
         """
-        if self.net.batch != 1:
-            raise ValueError(f"step_sample1 needs batch 1, this net has batch {self.net.batch}")
-        if not 0 <= char_id < self.net.depth:
-            raise ValueError(f"id {char_id} is out of range for depth {self.net.depth}")
-        if not 0 <= temperature < float("inf"):
-            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+        self._check_single("step_sample1", char_id, temperature)
         cdef int32_t cid = char_id, out
         with nogil:
             cs_step(&self.net, &cid, &self._logits[0, 0])
@@ -234,12 +241,7 @@ cdef class NativeLSTM:
         """Run `n` steps of a single stream in one call: feed `first_id`, sample with
         `u[0]`, feed that, ... Returns the `(n,)` int32 ids (as `n` calls of
         `step_sample1` would)."""
-        if self.net.batch != 1:
-            raise ValueError(f"sample_many needs batch 1, this net has batch {self.net.batch}")
-        if not 0 <= first_id < self.net.depth:
-            raise ValueError(f"id {first_id} is out of range for depth {self.net.depth}")
-        if not 0 <= temperature < float("inf"):
-            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+        self._check_single("sample_many", first_id, temperature)
         uarr = np.ascontiguousarray(u, dtype=np.float64)
         if n < 0 or uarr.shape != (n,):
             raise ValueError(f"u must have shape ({n},), got {uarr.shape}")

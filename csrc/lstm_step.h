@@ -22,6 +22,14 @@
 
 #define CS_CHUNK 8
 
+/* Helpers must inline into each target clone of cs_step, or they would be
+ * compiled once, for the baseline CPU. */
+#if defined(__GNUC__)
+#define CS_INLINE static inline __attribute__((always_inline))
+#else
+#define CS_INLINE static inline
+#endif
+
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define CS_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
@@ -40,48 +48,97 @@ typedef struct {
     const float *dense_b;           /* (depth) */
     float **h;                      /* [layers] (batch, u_k), updated in place */
     float **c;                      /* [layers] (batch, u_k), updated in place */
-    float *z;                       /* scratch (CS_CHUNK, 4 u_max) */
+    int gmax;                       /* 4 u_max: the scratch row length */
+    float *z;                       /* scratch (chunks * CS_CHUNK, gmax) */
 } cs_net;
 
-static inline void cs_axpy(float *restrict y, float a, const float *restrict x, int n) {
+CS_INLINE void cs_axpy(float *restrict y, float a, const float *restrict x, int n) {
     for (int k = 0; k < n; k++) y[k] += a * x[k];
 }
 
 /* y += a0 w0 + a1 w1 + a2 w2 + a3 w3 for four consecutive weight rows (stride ld):
  * one load and store of y per four multiply-adds. */
-static inline void cs_axpy4(float *restrict y, float a0, float a1, float a2, float a3,
+CS_INLINE void cs_axpy4(float *restrict y, float a0, float a1, float a2, float a3,
                             const float *restrict w, size_t ld, int n) {
     const float *restrict w0 = w, *restrict w1 = w + ld;
     const float *restrict w2 = w + 2 * ld, *restrict w3 = w + 3 * ld;
     for (int k = 0; k < n; k++) y[k] += a0 * w0[k] + a1 * w1[k] + a2 * w2[k] + a3 * w3[k];
 }
 
+/* A register tile: y[0:R, 0:64] += x[0:R, :] @ W[:, 0:64] with the R x 64
+ * accumulators in vector registers for the whole reduction, so each weight vector
+ * loaded feeds R multiply-adds and y is read and written once. GCC/clang vector
+ * extensions: 64-byte vectors become one AVX-512 register, two AVX2 registers or
+ * four SSE registers, depending on the clone. */
+#define CS_TC 64
+typedef float cs_v16 __attribute__((vector_size(64)));
+
+CS_INLINE cs_v16 cs_load(const float *p) { cs_v16 v; memcpy(&v, p, sizeof v); return v; }
+CS_INLINE void cs_store(float *p, cs_v16 v) { memcpy(p, &v, sizeof v); }
+
+#define CS_TILE(R)                                                                      \
+CS_INLINE void cs_tile##R(float *y, size_t ldy, const float *x, size_t ldx,         \
+                              const float *W, size_t ldw, int n) {                      \
+    cs_v16 acc[R][4];                                                                   \
+    for (int r = 0; r < R; r++)                                                         \
+        for (int q = 0; q < 4; q++) acc[r][q] = cs_load(y + r * ldy + 16 * q);          \
+    for (int j = 0; j < n; j++) {                                                       \
+        const float *w = W + (size_t)j * ldw;                                           \
+        const cs_v16 w0 = cs_load(w), w1 = cs_load(w + 16);                             \
+        const cs_v16 w2 = cs_load(w + 32), w3 = cs_load(w + 48);                        \
+        for (int r = 0; r < R; r++) {                                                   \
+            const float a = x[r * ldx + j];                                             \
+            acc[r][0] += a * w0;                                                        \
+            acc[r][1] += a * w1;                                                        \
+            acc[r][2] += a * w2;                                                        \
+            acc[r][3] += a * w3;                                                        \
+        }                                                                               \
+    }                                                                                   \
+    for (int r = 0; r < R; r++)                                                         \
+        for (int q = 0; q < 4; q++) cs_store(y + r * ldy + 16 * q, acc[r][q]);          \
+}
+CS_TILE(1)
+CS_TILE(4)
+
 /* y[r] += x[r] @ W for the nb rows of a chunk: x (nb, n_in) with row stride ldx,
- * W (n_in, g), y (nb, g). Weight rows are the outer loop, so each is read from
- * L2 once per chunk. */
-static inline void cs_gemm_acc(float *y, const float *x, int ldx, const float *W,
+ * W (n_in, g), y (nb, g). Column tiles of CS_TC use the register tiles; the rest
+ * (g not a multiple of CS_TC) is rows of axpy, weight rows outermost so each is
+ * read from L2 once per chunk. */
+CS_INLINE void cs_gemm_acc(float *y, const float *x, int ldx, const float *W,
                                int n_in, int g, int nb) {
+    const int tiled = g - g % CS_TC, rest = g - tiled;
+    for (int k0 = 0; k0 < tiled; k0 += CS_TC) {
+        int r = 0;
+        for (; r + 4 <= nb; r += 4)
+            cs_tile4(y + (size_t)r * g + k0, g, x + (size_t)r * ldx, ldx, W + k0, g, n_in);
+        for (; r < nb; r++)
+            cs_tile1(y + (size_t)r * g + k0, g, x + (size_t)r * ldx, ldx, W + k0, g, n_in);
+    }
+    if (!rest) return;
+    /* The last `rest` columns: rows of axpy over the row stride g. */
     int j = 0;
     for (; j + 4 <= n_in; j += 4) {
-        const float *w = W + (size_t)j * g;
+        const float *w = W + (size_t)j * g + tiled;
         for (int r = 0; r < nb; r++) {
             const float *xr = x + (size_t)r * ldx + j;
-            cs_axpy4(y + (size_t)r * g, xr[0], xr[1], xr[2], xr[3], w, g, g);
+            cs_axpy4(y + (size_t)r * g + tiled, xr[0], xr[1], xr[2], xr[3], w, g, rest);
         }
     }
     for (; j < n_in; j++)
         for (int r = 0; r < nb; r++)
-            cs_axpy(y + (size_t)r * g, x[(size_t)r * ldx + j], W + (size_t)j * g, g);
+            cs_axpy(y + (size_t)r * g + tiled, x[(size_t)r * ldx + j],
+                    W + (size_t)j * g + tiled, rest);
 }
 
 /* exp(x) for float, branch-free so the gate loops vectorise (libm's expf is a
  * call per element): Cody-Waite range reduction and Cephes's degree-6
  * polynomial, within 2 ulp of expf over the clamped range [-87, 88]. */
-static inline float cs_expf(float x) {
-    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-    float n = x * 1.44269504088896341f;
-    n = (float)(int)(n + (n >= 0.0f ? 0.5f : -0.5f));   /* round to nearest */
-    float f = x - n * 0.693359375f + n * 2.12194440e-4f;
+CS_INLINE float cs_expf(float x) {
+    x = x < -87.0f ? -87.0f : x;    /* selects, not branches: the loops stay vectorised */
+    x = x > 88.0f ? 88.0f : x;
+    /* n = round(x / ln 2) by the 1.5 * 2^23 trick: exact and branch-free. */
+    const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    const float f = x - n * 0.693359375f + n * 2.12194440e-4f;
     float p = 1.9875691500e-4f;
     p = p * f + 1.3981999507e-3f;
     p = p * f + 8.3334519073e-3f;
@@ -94,22 +151,45 @@ static inline float cs_expf(float x) {
     return p * scale.f;
 }
 
-static inline float cs_sigmoid(float x) { return 1.0f / (1.0f + cs_expf(-x)); }
+CS_INLINE float cs_sigmoid(float x) { return 1.0f / (1.0f + cs_expf(-x)); }
 
 /* tanh(x) = 1 - 2 / (1 + exp(2x)): absolute error about 1e-7 near 0. */
-static inline float cs_tanh(float x) { return 1.0f - 2.0f / (1.0f + cs_expf(2.0f * x)); }
+CS_INLINE float cs_tanh(float x) { return 1.0f - 2.0f / (1.0f + cs_expf(2.0f * x)); }
+
+/* Gates in place, one simple loop per activation so each vectorises. */
+CS_INLINE void cs_sigmoid_n(float *restrict x, int n) {
+    for (int j = 0; j < n; j++) x[j] = cs_sigmoid(x[j]);
+}
+
+CS_INLINE void cs_tanh_n(float *restrict x, int n) {
+    for (int j = 0; j < n; j++) x[j] = cs_tanh(x[j]);
+}
+
+/* c' = f c + i g, h' = o tanh(c') over one stream's gates z = [i, f, g, o]. */
+CS_INLINE void cs_cell(const float *restrict z, float *restrict h, float *restrict c, int u) {
+    const float *restrict i_g = z, *restrict f_g = z + u, *restrict c_g = z + 2 * u;
+    const float *restrict o_g = z + 3 * u;
+    for (int j = 0; j < u; j++) {
+        const float cn = f_g[j] * c[j] + i_g[j] * c_g[j];
+        c[j] = cn;
+        h[j] = o_g[j] * cs_tanh(cn);
+    }
+}
 
 /* One step of every stream: feed ids[b] to stream b, leave its next-character
  * logits in logits[b * depth : (b + 1) * depth]. */
 CS_CLONES
 static void cs_step(const cs_net *net, const int32_t *ids, float *logits) {
-    const int B = net->batch;
-    for (int b0 = 0; b0 < B; b0 += CS_CHUNK) {
+    const int B = net->batch, chunks = (B + CS_CHUNK - 1) / CS_CHUNK;
+    /* Chunks of streams are independent: with OpenMP, one per core. */
+#pragma omp parallel for schedule(static) if (chunks > 1)
+    for (int ci = 0; ci < chunks; ci++) {
+        const int b0 = ci * CS_CHUNK;
         const int nb = B - b0 < CS_CHUNK ? B - b0 : CS_CHUNK;
         for (int k = 0; k < net->layers; k++) {
             const int u = net->units[k], g = 4 * u;
             const int in = k == 0 ? net->depth : net->units[k - 1];
-            float *z = net->z;
+            float *z = net->z + (size_t)ci * CS_CHUNK * net->gmax;
             for (int r = 0; r < nb; r++) {
                 float *zr = z + (size_t)r * g;
                 const float *bias = net->bias[k];
@@ -124,18 +204,11 @@ static void cs_step(const cs_net *net, const int32_t *ids, float *logits) {
                 cs_gemm_acc(z, net->h[k - 1] + (size_t)b0 * in, in, net->kernel[k], in, g, nb);
             cs_gemm_acc(z, net->h[k] + (size_t)b0 * u, u, net->recurrent[k], u, g, nb);
             for (int r = 0; r < nb; r++) {
-                const float *zr = z + (size_t)r * g;
-                float *restrict h = net->h[k] + (size_t)(b0 + r) * u;
-                float *restrict c = net->c[k] + (size_t)(b0 + r) * u;
-                for (int j = 0; j < u; j++) {
-                    const float i_g = cs_sigmoid(zr[j]);
-                    const float f_g = cs_sigmoid(zr[u + j]);
-                    const float c_g = cs_tanh(zr[2 * u + j]);
-                    const float o_g = cs_sigmoid(zr[3 * u + j]);
-                    const float cn = f_g * c[j] + i_g * c_g;
-                    c[j] = cn;
-                    h[j] = o_g * cs_tanh(cn);
-                }
+                float *zr = z + (size_t)r * g;
+                cs_sigmoid_n(zr, 2 * u);          /* i, f */
+                cs_tanh_n(zr + 2 * u, u);         /* candidate */
+                cs_sigmoid_n(zr + 3 * u, u);      /* o */
+                cs_cell(zr, net->h[k] + (size_t)(b0 + r) * u, net->c[k] + (size_t)(b0 + r) * u, u);
             }
         }
         {
@@ -148,7 +221,7 @@ static void cs_step(const cs_net *net, const int32_t *ids, float *logits) {
 }
 
 /* softmax(logits / temperature) in double into p[0:depth]; temperature > 0. */
-static inline void cs_softmax(const float *logits, int depth, double temperature, double *p) {
+CS_INLINE void cs_softmax(const float *logits, int depth, double temperature, double *p) {
     double m = logits[0], total = 0.0;
     for (int i = 1; i < depth; i++) if (logits[i] > m) m = logits[i];
     for (int i = 0; i < depth; i++) {
@@ -163,7 +236,7 @@ static inline void cs_softmax(const float *logits, int depth, double temperature
  * the top_k most likely (ties to the lower id; top_k <= 0 keeps all), and return
  * the first id whose cumulative probability exceeds u * total. p: depth doubles
  * of scratch. */
-static inline int32_t cs_sample(const float *logits, int depth, double temperature,
+CS_INLINE int32_t cs_sample(const float *logits, int depth, double temperature,
                                 int top_k, double u, double *p) {
     if (temperature == 0.0) {
         int best = 0;

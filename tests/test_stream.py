@@ -178,8 +178,11 @@ def test_cli_survives_a_closed_pipe(trained_run):
 def test_cli_ctrl_c_ends_quietly(trained_run):
     import signal
 
+    # A shell that starts pytest in the background leaves SIGINT ignored, and children
+    # inherit that; give the child the default disposition, as a terminal would.
     proc = subprocess.Popen([sys.executable, "-m", "charstream.generate", str(trained_run),
-                             "--length", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "--length", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert len(proc.stdout.read(20)) == 20  # it is streaming
         proc.send_signal(signal.SIGINT)

@@ -198,3 +198,19 @@ def test_translate_bad_input():
         translate(np.array([[1, 0, 0], [0, 0, 0]], dtype=bool), vocab)
     with pytest.raises(ValueError, match="shape"):
         translate(np.zeros((2, 2, 3), dtype=bool), vocab)
+
+
+@pytest.mark.parametrize("seq_len, depth, start", [(15, 37, 3), (16, 36, 0), (1, 256, 7)])
+def test_large_preallocated_output_takes_the_streaming_path(seq_len, depth, start):
+    # Over STREAM_BYTES, preallocated outputs are written with streaming stores in
+    # blocks; the block edges and unaligned heads must not show.
+    from charstream import _text
+
+    n = _text.STREAM_BYTES // ((seq_len + 1) * depth) + 1001
+    ids = np.random.default_rng(depth).integers(0, depth, start + n + seq_len).astype(np.uint8)
+    X = np.ones((n, seq_len, depth), bool)
+    Y = np.ones((n, depth), bool)
+    onehot_windows(ids, seq_len, depth, start=start, stop=start + n, out=(X, Y))
+    Xr, Yr = ref.onehot_windows_numpy(ids[start:], seq_len, depth, stop=n)
+    np.testing.assert_array_equal(X, Xr)
+    np.testing.assert_array_equal(Y, Yr)
