@@ -21,7 +21,7 @@ def test_build_batch(benchmark, corpus_ids, name, batch):
     np.testing.assert_array_equal(Y, Yr)
 
 
-STEPS, BATCH = 150, 128
+STEPS, BATCH = 400, 128
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def model():
     return build_training_model()
 
 
-@pytest.mark.benchmark(group="batches: training throughput (150 steps of 128)")
+@pytest.mark.benchmark(group="batches: training throughput (400 steps of 128)")
 @pytest.mark.parametrize("name", ["memory-lean-PyDataset", "in-memory-model.fit"])
 def test_training_throughput(benchmark, corpus_ids, model, name):
     from charstream.batches import WindowBatches

@@ -26,14 +26,21 @@ from conftest import _corpus_text  # noqa: E402
 def peak_rss(corpus: Path, out: Path, seconds: float) -> tuple[int, str]:
     cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "charstream.train", "--data", str(corpus),
            "--samples", "all", "--epochs", "1", "--out", str(out), "--sample-length", "0"]
+    # SIGINT at its default in the child (a background shell leaves it ignored), so
+    # training stops on it; GNU time itself ignores SIGINT and reports.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in proc.stdout:  # wait for training to start
         if line.startswith("training on"):
             break
     time.sleep(seconds)
     os.killpg(proc.pid, signal.SIGINT)  # GNU time ignores it; python stops cleanly
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
     match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", err)
     return int(match.group(1)) * 1024, line.strip()
 

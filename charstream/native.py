@@ -144,5 +144,8 @@ class NativeBackend:
     def step_sample(self, ids, temperature: float, top_k, u) -> np.ndarray:
         return self.net.step_sample(ids, temperature, top_k, u)
 
+    def step_sample_into(self, ids, temperature: float, top_k, u, out) -> None:
+        self.net.step_sample_into(ids, temperature, top_k or 0, u, out)
+
     def step_sample1(self, char_id: int, temperature: float, top_k, u: float) -> int:
         return self.net.step_sample1(char_id, temperature, top_k or 0, u)

@@ -120,11 +120,33 @@ def sample_id(probs: np.ndarray, temperature: float, top_k: int | None, u: float
     return int(min(np.searchsorted(cdf, u * cdf[-1], side="right"), p.size - 1))
 
 
-def uniforms(seed, block: int = 1024) -> Iterator[float]:
-    """The doubles of `numpy.random.default_rng(seed)`, in order, drawn in blocks."""
-    rng = np.random.default_rng(seed)
-    while True:
-        yield from rng.random(block).tolist()
+class Uniforms:
+    """The doubles of `numpy.random.default_rng(seed)`, in order, drawn in blocks.
+
+    Iterate for one at a time, or `take(n)` for the next n as an array; both
+    continue the same sequence.
+    """
+
+    def __init__(self, seed, block: int = 1024):
+        self._rng = np.random.default_rng(seed)
+        self._block = block
+        self._buf: list = []
+        self._pos = 0
+
+    def __iter__(self) -> "Uniforms":
+        return self
+
+    def __next__(self) -> float:
+        if self._pos == len(self._buf):
+            self._buf = self._rng.random(self._block).tolist()
+            self._pos = 0
+        self._pos += 1
+        return self._buf[self._pos - 1]
+
+    def take(self, n: int) -> np.ndarray:
+        rest = self._buf[self._pos:self._pos + n]
+        self._pos += len(rest)
+        return np.concatenate([np.array(rest, dtype=np.float64), self._rng.random(n - len(rest))])
 
 
 class KerasBackend:
@@ -188,6 +210,9 @@ class KerasBackend:
         probs = self._run(ids)
         return np.array([sample_id(p, temperature, top_k, x) for p, x in zip(probs, u)],
                         dtype=np.int32)
+
+    def step_sample_into(self, ids, temperature: float, top_k, u, out) -> None:
+        out[:] = self.step_sample(ids, temperature, top_k, u)
 
     def step_sample1(self, char_id: int, temperature: float, top_k, u: float) -> int:
         return sample_id(self._run([char_id])[0], temperature, top_k, u)
@@ -363,7 +388,7 @@ class StreamGenerator:
         """
         self._single("stream")
         temperature, top_k, max_chars = self._check_sampling(temperature, top_k, max_chars)
-        draws = uniforms(seed)
+        draws = Uniforms(seed)
         ids = self._prime_ids(prime, draws)
         self.reset()
         for char_id in ids[:-1]:
@@ -420,7 +445,7 @@ class StreamGenerator:
         if len(seeds) != b:
             raise ValueError(f"expected {b} seeds (the batch size), got {len(seeds)}")
         temperature, top_k, max_chars = self._check_sampling(temperature, top_k, max_chars)
-        draws = [uniforms(seed) for seed in seeds]
+        draws = [Uniforms(seed) for seed in seeds]
         prime_ids = [self._prime_ids(p, d) for p, d in zip(primes, draws)]
         longest = max(len(ids) for ids in prime_ids)
         starts = np.array([longest - len(ids) for ids in prime_ids])
@@ -437,15 +462,21 @@ class StreamGenerator:
             self.backend.reset(starts == longest - 1)
         return self._generate_batch(padded[:, -1], temperature, top_k, draws, max_chars)
 
-    def _generate_batch(self, ids, temperature, top_k, draws, max_chars):
-        chars = self.vocab.chars
+    def _generate_batch(self, ids, temperature, top_k, draws, max_chars, block: int = 256):
+        chars = np.array(list(self.vocab.chars))
+        step = self.backend.step_sample_into
+        # Two id buffers, fed and filled in turn: no allocation per step.
+        ids, nxt = np.ascontiguousarray(ids, dtype=np.int32), np.empty(len(ids), np.int32)
         produced = 0
         while max_chars is None or produced < max_chars:
-            u = np.fromiter((next(d) for d in draws), dtype=np.float64, count=len(draws))
-            ids = self.backend.step_sample(ids, temperature, top_k, u)
+            if produced % block == 0:
+                # (block, batch): row i holds each stream's uniform for step i.
+                u = np.ascontiguousarray(np.stack([d.take(block) for d in draws], axis=1))
+            step(ids, temperature, top_k, u[produced % block], nxt)
+            ids, nxt = nxt, ids
             self.steps += 1
             produced += 1
-            yield [chars[i] for i in ids]
+            yield chars[ids].tolist()
 
 
 # ---------------------------------------------------------------------- evaluation

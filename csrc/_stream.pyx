@@ -23,17 +23,32 @@ cdef extern from "lstm_step.h" nogil:
         float** c
         int gmax
         float* z
+    ctypedef struct cs_sampling:
+        double temperature
+        int top_k
+        const double* u
+        int32_t* out
+        double* p
     int CS_CHUNK
-    void cs_step(const cs_net* net, const int32_t* ids, float* logits)
+    void cs_step(const cs_net* net, const int32_t* ids, float* logits,
+                 const cs_sampling* sampling)
     void cs_softmax(const float* logits, int depth, double temperature, double* p)
     int32_t cs_sample(const float* logits, int depth, double temperature, int top_k,
                       double u, double* p)
 
 
 def _f32(array, name, shape):
-    arr = np.ascontiguousarray(array, dtype=np.float32)
-    if arr.shape != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {np.shape(array)}")
+    """A checked float32 copy of `array`, starting on a 64-byte boundary: a vector
+    load that straddles two cache lines costs two (arrays read from an .npz come
+    at arbitrary offsets, and the kernel ran 1.6x slower on them)."""
+    src = np.asarray(array)
+    if src.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {src.shape}")
+    n = int(np.prod(shape))
+    raw = np.empty(n + 16, dtype=np.float32)
+    skip = (-raw.ctypes.data % 64) // 4
+    arr = raw[skip:skip + n].reshape(shape)
+    arr[...] = src
     if not np.isfinite(arr).all():
         raise ValueError(f"{name} holds non-finite values")
     return arr
@@ -64,7 +79,7 @@ cdef class NativeLSTM:
     cdef list _keep          # owners of every buffer the pointers point into
     cdef object _z
     cdef float[:, ::1] _logits
-    cdef double[::1] _p
+    cdef double[:, ::1] _p
     cdef readonly int depth, batch, layers
     cdef readonly tuple units
     cdef readonly long flops_per_step
@@ -111,8 +126,8 @@ cdef class NativeLSTM:
             kernel = _f32(kernel, f"layer {k} kernel", (inp, 4 * u))
             recurrent = _f32(recurrent, f"layer {k} recurrent kernel", (u, 4 * u))
             bias = _f32(bias, f"layer {k} bias", (4 * u,))
-            h = np.zeros((batch, u), np.float32)
-            c = np.zeros((batch, u), np.float32)
+            h = _f32(np.zeros((batch, u)), f"layer {k} h", (batch, u))
+            c = _f32(np.zeros((batch, u)), f"layer {k} c", (batch, u))
             self._keep += [kernel, recurrent, bias, h, c]
             self._units[k] = u
             m2 = kernel
@@ -138,7 +153,8 @@ cdef class NativeLSTM:
         m1 = dense_bias
         self.net.dense_b = &m1[0]
         chunks = (batch + CS_CHUNK - 1) // CS_CHUNK
-        self._z = np.zeros(chunks * CS_CHUNK * 4 * max(units), np.float32)
+        self._z = _f32(np.zeros(chunks * CS_CHUNK * 4 * max(units)), "scratch",
+                       (chunks * CS_CHUNK * 4 * max(units),))
         self.net.gmax = 4 * max(units)
         m1 = self._z
         self.net.z = &m1[0]
@@ -151,8 +167,8 @@ cdef class NativeLSTM:
         self.net.bias = self._bias
         self.net.h = self._h
         self.net.c = self._c
-        self._logits = np.zeros((batch, depth), np.float32)
-        self._p = np.zeros(depth, np.float64)
+        self._logits = _f32(np.zeros((batch, depth)), "logits", (batch, depth))
+        self._p = np.zeros((batch, depth), np.float64)
         self.depth, self.batch, self.layers = depth, batch, n
         self.units = tuple(units)
         self.flops_per_step = flops + 2 * inp * depth + 4 * depth
@@ -188,19 +204,25 @@ cdef class NativeLSTM:
         arr = np.asarray(ids)
         if arr.dtype.kind not in "iu":
             raise TypeError(f"ids must be integers, got dtype {arr.dtype}")
-        arr = np.ascontiguousarray(arr.reshape(-1) if arr.ndim == 0 else arr, dtype=np.int64)
         if arr.shape != (self.batch,):
             raise ValueError(f"ids must have shape ({self.batch},), got {np.shape(ids)}")
-        bad = np.flatnonzero((arr < 0) | (arr >= self.depth))
-        if bad.size:
-            raise ValueError(f"ids[{bad[0]}] = {arr[bad[0]]} is out of range for depth {self.depth}")
-        return arr.astype(np.int32)
+        if arr.dtype != np.int32 or not arr.flags.c_contiguous:
+            if arr.size and (arr.min() < 0 or arr.max() >= self.depth):
+                k = int(np.flatnonzero((arr < 0) | (arr >= self.depth))[0])
+                raise ValueError(f"ids[{k}] = {arr[k]} is out of range for depth {self.depth}")
+            return np.ascontiguousarray(arr, dtype=np.int32)
+        cdef const int32_t[::1] v = arr   # the common case: the kernel's own output
+        cdef Py_ssize_t b
+        for b in range(v.shape[0]):
+            if not 0 <= v[b] < self.depth:
+                raise ValueError(f"ids[{b}] = {v[b]} is out of range for depth {self.depth}")
+        return arr
 
     def logits(self, ids):
         """Feed `ids[b]` to stream b; return the `(batch, depth)` float32 logits."""
         cdef int32_t[::1] iv = self._ids(ids)
         with nogil:
-            cs_step(&self.net, &iv[0], &self._logits[0, 0])
+            cs_step(&self.net, &iv[0], &self._logits[0, 0], NULL)
         return np.asarray(self._logits).copy()
 
     def probs(self, ids):
@@ -210,7 +232,7 @@ cdef class NativeLSTM:
         cdef double[:, ::1] ov = out
         cdef int b
         with nogil:
-            cs_step(&self.net, &iv[0], &self._logits[0, 0])
+            cs_step(&self.net, &iv[0], &self._logits[0, 0], NULL)
             for b in range(self.net.batch):
                 cs_softmax(&self._logits[b, 0], self.net.depth, 1.0, &ov[b, 0])
         return out
@@ -231,10 +253,10 @@ cdef class NativeLSTM:
         """
         self._check_single("step_sample1", char_id, temperature)
         cdef int32_t cid = char_id, out
+        cdef cs_sampling s
+        s.temperature, s.top_k, s.u, s.out, s.p = temperature, top_k, &u, &out, &self._p[0, 0]
         with nogil:
-            cs_step(&self.net, &cid, &self._logits[0, 0])
-            out = cs_sample(&self._logits[0, 0], self.net.depth, temperature, top_k, u,
-                            &self._p[0])
+            cs_step(&self.net, &cid, &self._logits[0, 0], &s)
         return out
 
     def sample_many(self, int first_id, int n, double temperature, int top_k, u):
@@ -252,13 +274,32 @@ cdef class NativeLSTM:
         cdef double[::1] uv = uarr
         cdef int32_t cid = first_id
         cdef int i
+        cdef cs_sampling s
+        s.temperature, s.top_k, s.p = temperature, top_k, &self._p[0, 0]
         with nogil:
             for i in range(n):
-                cs_step(&self.net, &cid, &self._logits[0, 0])
-                cid = cs_sample(&self._logits[0, 0], self.net.depth, temperature, top_k,
-                                uv[i], &self._p[0])
-                ov[i] = cid
+                s.u = &uv[i]
+                s.out = &ov[i]
+                cs_step(&self.net, &cid, &self._logits[0, 0], &s)
+                cid = ov[i]
         return out
+
+    cpdef step_sample_into(self, const int32_t[::1] ids, double temperature, int top_k,
+                           const double[::1] u, int32_t[::1] out):
+        """`step_sample` for the batched iterator: typed buffers in, `out` filled in
+        place (no allocation), `top_k <= 0` keeps all. Same checks, in C."""
+        cdef int b, n = self.net.batch
+        if ids.shape[0] != n or u.shape[0] != n or out.shape[0] != n:
+            raise ValueError(f"ids, u and out must each hold {n} values")
+        if not 0 <= temperature < float("inf"):
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+        for b in range(n):
+            if not 0 <= ids[b] < self.net.depth:
+                raise ValueError(f"ids[{b}] = {ids[b]} is out of range for depth {self.net.depth}")
+        cdef cs_sampling s
+        s.temperature, s.top_k, s.u, s.out, s.p = temperature, top_k, &u[0], &out[0], &self._p[0, 0]
+        with nogil:
+            cs_step(&self.net, &ids[0], &self._logits[0, 0], &s)
 
     def step_sample(self, ids, double temperature, top_k, u):
         """Feed `ids`, then sample each stream's next id with its uniform `u[b]`.
@@ -284,12 +325,10 @@ cdef class NativeLSTM:
         cdef double[::1] uv = uarr
         out = np.empty(self.batch, np.int32)
         cdef int32_t[::1] ov = out
-        cdef int b
+        cdef cs_sampling s
+        s.temperature, s.top_k, s.u, s.out, s.p = temperature, k, &uv[0], &ov[0], &self._p[0, 0]
         with nogil:
-            cs_step(&self.net, &iv[0], &self._logits[0, 0])
-            for b in range(self.net.batch):
-                ov[b] = cs_sample(&self._logits[b, 0], self.net.depth, temperature, k,
-                                  uv[b], &self._p[0])
+            cs_step(&self.net, &iv[0], &self._logits[0, 0], &s)
         return out
 
 

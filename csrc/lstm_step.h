@@ -19,6 +19,16 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#if defined(__SSE__)
+#include <xmmintrin.h>
+/* Flush subnormal floats to zero, as TensorFlow's CPU kernels do: a trained
+ * model's gates produce subnormals, and each costs ~100 cycles in hardware. */
+#define CS_FTZ_BEGIN const unsigned int cs_csr = _mm_getcsr(); _mm_setcsr(cs_csr | 0x8040);
+#define CS_FTZ_END _mm_setcsr(cs_csr);
+#else
+#define CS_FTZ_BEGIN
+#define CS_FTZ_END
+#endif
 
 #define CS_CHUNK 8
 
@@ -176,56 +186,16 @@ CS_INLINE void cs_cell(const float *restrict z, float *restrict h, float *restri
     }
 }
 
-/* One step of every stream: feed ids[b] to stream b, leave its next-character
- * logits in logits[b * depth : (b + 1) * depth]. */
-CS_CLONES
-static void cs_step(const cs_net *net, const int32_t *ids, float *logits) {
-    const int B = net->batch, chunks = (B + CS_CHUNK - 1) / CS_CHUNK;
-    /* Chunks of streams are independent: with OpenMP, one per core. */
-#pragma omp parallel for schedule(static) if (chunks > 1)
-    for (int ci = 0; ci < chunks; ci++) {
-        const int b0 = ci * CS_CHUNK;
-        const int nb = B - b0 < CS_CHUNK ? B - b0 : CS_CHUNK;
-        for (int k = 0; k < net->layers; k++) {
-            const int u = net->units[k], g = 4 * u;
-            const int in = k == 0 ? net->depth : net->units[k - 1];
-            float *z = net->z + (size_t)ci * CS_CHUNK * net->gmax;
-            for (int r = 0; r < nb; r++) {
-                float *zr = z + (size_t)r * g;
-                const float *bias = net->bias[k];
-                if (k == 0) {  /* one-hot input: x @ kernel is one kernel row */
-                    const float *row = net->kernel[0] + (size_t)ids[b0 + r] * g;
-                    for (int j = 0; j < g; j++) zr[j] = bias[j] + row[j];
-                } else {
-                    memcpy(zr, bias, sizeof(float) * g);
-                }
-            }
-            if (k > 0)  /* the layer below's new h */
-                cs_gemm_acc(z, net->h[k - 1] + (size_t)b0 * in, in, net->kernel[k], in, g, nb);
-            cs_gemm_acc(z, net->h[k] + (size_t)b0 * u, u, net->recurrent[k], u, g, nb);
-            for (int r = 0; r < nb; r++) {
-                float *zr = z + (size_t)r * g;
-                cs_sigmoid_n(zr, 2 * u);          /* i, f */
-                cs_tanh_n(zr + 2 * u, u);         /* candidate */
-                cs_sigmoid_n(zr + 3 * u, u);      /* o */
-                cs_cell(zr, net->h[k] + (size_t)(b0 + r) * u, net->c[k] + (size_t)(b0 + r) * u, u);
-            }
-        }
-        {
-            const int u = net->units[net->layers - 1], d = net->depth;
-            float *out = logits + (size_t)b0 * d;
-            for (int r = 0; r < nb; r++) memcpy(out + (size_t)r * d, net->dense_b, sizeof(float) * d);
-            cs_gemm_acc(out, net->h[net->layers - 1] + (size_t)b0 * u, u, net->dense_w, u, d, nb);
-        }
-    }
-}
-
-/* softmax(logits / temperature) in double into p[0:depth]; temperature > 0. */
+/* softmax(logits / temperature) into p[0:depth] (double); temperature > 0. The
+ * exponentials are cs_expf (float, vectorised): libm's double exp was half of a
+ * batched step. */
 CS_INLINE void cs_softmax(const float *logits, int depth, double temperature, double *p) {
-    double m = logits[0], total = 0.0;
-    for (int i = 1; i < depth; i++) if (logits[i] > m) m = logits[i];
+    float m = logits[0];
+    for (int i = 1; i < depth; i++) m = logits[i] > m ? logits[i] : m;
+    const float inv = (float)(1.0 / temperature);
+    double total = 0.0;
     for (int i = 0; i < depth; i++) {
-        p[i] = exp(((double)logits[i] - m) / temperature);
+        p[i] = cs_expf((logits[i] - m) * inv);
         total += p[i];
     }
     for (int i = 0; i < depth; i++) p[i] /= total;
@@ -270,6 +240,69 @@ CS_INLINE int32_t cs_sample(const float *logits, int depth, double temperature,
             if (acc > target) return i;
         }
         return depth - 1;
+    }
+}
+
+
+/* Sampling done inside cs_step, per stream, on the core that computed it. */
+typedef struct {
+    double temperature;
+    int top_k;
+    const double *u;     /* (batch) uniforms */
+    int32_t *out;        /* (batch) sampled ids */
+    double *p;           /* (batch, depth) scratch */
+} cs_sampling;
+
+/* One step of every stream: feed ids[b] to stream b, leave its next-character
+ * logits in logits[b * depth : (b + 1) * depth], and, when `sampling` is given,
+ * sample each stream's next id into sampling->out[b]. */
+CS_CLONES
+static void cs_step(const cs_net *net, const int32_t *ids, float *logits,
+                    const cs_sampling *sampling) {
+    const int B = net->batch, chunks = (B + CS_CHUNK - 1) / CS_CHUNK;
+    /* Chunks of streams are independent: with OpenMP, one per core. */
+#pragma omp parallel for schedule(static) if (chunks > 1)
+    for (int ci = 0; ci < chunks; ci++) {
+        CS_FTZ_BEGIN  /* per chunk: each OpenMP thread has its own control register */
+        const int b0 = ci * CS_CHUNK;
+        const int nb = B - b0 < CS_CHUNK ? B - b0 : CS_CHUNK;
+        for (int k = 0; k < net->layers; k++) {
+            const int u = net->units[k], g = 4 * u;
+            const int in = k == 0 ? net->depth : net->units[k - 1];
+            float *z = net->z + (size_t)ci * CS_CHUNK * net->gmax;
+            for (int r = 0; r < nb; r++) {
+                float *zr = z + (size_t)r * g;
+                const float *bias = net->bias[k];
+                if (k == 0) {  /* one-hot input: x @ kernel is one kernel row */
+                    const float *row = net->kernel[0] + (size_t)ids[b0 + r] * g;
+                    for (int j = 0; j < g; j++) zr[j] = bias[j] + row[j];
+                } else {
+                    memcpy(zr, bias, sizeof(float) * g);
+                }
+            }
+            if (k > 0)  /* the layer below's new h */
+                cs_gemm_acc(z, net->h[k - 1] + (size_t)b0 * in, in, net->kernel[k], in, g, nb);
+            cs_gemm_acc(z, net->h[k] + (size_t)b0 * u, u, net->recurrent[k], u, g, nb);
+            for (int r = 0; r < nb; r++) {
+                float *zr = z + (size_t)r * g;
+                cs_sigmoid_n(zr, 2 * u);          /* i, f */
+                cs_tanh_n(zr + 2 * u, u);         /* candidate */
+                cs_sigmoid_n(zr + 3 * u, u);      /* o */
+                cs_cell(zr, net->h[k] + (size_t)(b0 + r) * u, net->c[k] + (size_t)(b0 + r) * u, u);
+            }
+        }
+        {
+            const int u = net->units[net->layers - 1], d = net->depth;
+            float *out = logits + (size_t)b0 * d;
+            for (int r = 0; r < nb; r++) memcpy(out + (size_t)r * d, net->dense_b, sizeof(float) * d);
+            cs_gemm_acc(out, net->h[net->layers - 1] + (size_t)b0 * u, u, net->dense_w, u, d, nb);
+            if (sampling)
+                for (int r = 0; r < nb; r++)
+                    sampling->out[b0 + r] = cs_sample(
+                        out + (size_t)r * d, d, sampling->temperature, sampling->top_k,
+                        sampling->u[b0 + r], sampling->p + (size_t)(b0 + r) * d);
+        }
+        CS_FTZ_END
     }
 }
 
