@@ -48,22 +48,22 @@ def test_stream_generator(benchmark, train_model):
     _valid(text, FAST_CHARS)
 
 
+def _predict_loop(model, make_input, state, rng):
+    """SLOW_CHARS characters, each from one `model.predict` on `make_input(text)`."""
+    for _ in range(SLOW_CHARS):
+        p = model.predict(make_input(state["text"]), verbose=0)[0].astype(np.float64)
+        state["text"] += ALPHABET[rng.choice(36, p=p / p.sum())]
+    return state["text"][-SLOW_CHARS:]
+
+
 @pytest.mark.benchmark(group="stream: one stream, characters/s")
 def test_tutorial_repredict_window(benchmark, train_model):
     """The tutorial's loop: one-hot the last 16 characters, model.predict, sample."""
-    rng = np.random.default_rng(0)
-    vocab = Vocabulary.default()
-    eye = np.eye(36, dtype=bool)
+    vocab, eye = Vocabulary.default(), np.eye(36, dtype=bool)
     state = {"text": "romeo: but soft,"}
-
-    def run():
-        for _ in range(SLOW_CHARS):
-            x = eye[vocab.encode(state["text"][-16:])][None]
-            p = train_model.predict(x, verbose=0)[0].astype(np.float64)
-            state["text"] += ALPHABET[rng.choice(36, p=p / p.sum())]
-        return state["text"][-SLOW_CHARS:]
-
-    text = benchmark.pedantic(run, rounds=3, warmup_rounds=1)
+    text = benchmark.pedantic(
+        _predict_loop, (train_model, lambda t: eye[vocab.encode(t[-16:])][None], state,
+                        np.random.default_rng(0)), rounds=3, warmup_rounds=1)
     record_rate(benchmark, SLOW_CHARS, "chars/s")
     _valid(text, SLOW_CHARS)
 
@@ -74,19 +74,11 @@ def test_predict_on_stateful_copy(benchmark, train_model):
     from charstream.model import build_inference_model
 
     stream_model = build_inference_model(train_model)
-    rng = np.random.default_rng(0)
-    state = {"id": 0, "text": ""}
-
-    def run():
-        for _ in range(SLOW_CHARS):
-            x = np.zeros((1, 1, 36), np.float32)
-            x[0, 0, state["id"]] = 1
-            p = stream_model.predict(x, verbose=0)[0].astype(np.float64)
-            state["id"] = int(rng.choice(36, p=p / p.sum()))
-            state["text"] += ALPHABET[state["id"]]
-        return state["text"][-SLOW_CHARS:]
-
-    text = benchmark.pedantic(run, rounds=3, warmup_rounds=1)
+    eye = np.eye(36, dtype=np.float32)
+    state = {"text": "r"}
+    text = benchmark.pedantic(
+        _predict_loop, (stream_model, lambda t: eye[[ALPHABET.index(t[-1])]][None], state,
+                        np.random.default_rng(0)), rounds=3, warmup_rounds=1)
     record_rate(benchmark, SLOW_CHARS, "chars/s")
     _valid(text, SLOW_CHARS)
 

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from charstream import StreamGenerator, Vocabulary
+from charstream import StreamGenerator
 from charstream._stream import NativeLSTM, sample_from_logits
 from charstream.model import build_inference_model, build_training_model, lstm_layers, reset_states
-from charstream.native import NativeBackend, load_stream_weights
+from charstream.native import load_stream_weights
 from charstream.stream import sample_id
 
 

@@ -1,12 +1,10 @@
 """python -m charstream.train: learning, the run directory, resume, bad input."""
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -1,7 +1,7 @@
 """onehot_windows / onehot_batch against the reference loop, and every bad input."""
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from charstream import Vocabulary, onehot_batch, onehot_windows, translate
