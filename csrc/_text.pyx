@@ -265,10 +265,7 @@ def _as_ids(ids, depth):
     if arr.dtype != np.uint8 and arr.size:
         bad = np.flatnonzero((arr < 0) | (arr >= depth))
         if bad.size:
-            k = int(bad[0])
-            raise ValueError(
-                f"ids[{k}] = {int(arr[k])} is out of range for depth {depth} "
-                f"(expected 0 <= id < {depth})")
+            _raise_out_of_range(arr, int(bad[0]), depth)
     return np.ascontiguousarray(arr, dtype=np.uint8)
 
 
