@@ -119,3 +119,12 @@ class WindowBatches(keras.utils.PyDataset):
 
     def on_epoch_end(self) -> None:
         self.set_epoch(self.epoch + 1)
+
+
+class Uint8WindowBatches(WindowBatches):
+    """`WindowBatches` as `uint8` (the same bytes): for tf.distribute strategies,
+    which sum per-replica inputs with `AddN`, an op with no bool kernel."""
+
+    def __getitem__(self, index: int):
+        X, Y = super().__getitem__(index)
+        return X.view(np.uint8), Y.view(np.uint8)

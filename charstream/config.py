@@ -22,6 +22,9 @@ CONFIG_FORMAT = "charstream.run"
 CONFIG_VERSION = 1
 
 
+STRATEGIES = ("default", "mirrored")
+
+
 class ConfigError(ValueError):
     """A setting, a corpus or a run directory that training cannot use."""
 
@@ -62,6 +65,13 @@ class TrainConfig:
     patience: int = _setting(
         0, "stop after this many epochs without a better validation loss, "
         "keeping the best weights; 0 = never stop early")
+    strategy: str = _setting(
+        "default", "default: one device; mirrored: tf.distribute.MirroredStrategy over "
+        "the local GPUs (or --cpu-devices logical CPUs), --batch-size per replica",
+        choices=("default", "mirrored"))
+    cpu_devices: int = _setting(
+        0, "split the CPU into this many logical devices for --strategy mirrored "
+        "(to try it on a machine without GPUs); 0 = the devices as they are")
 
     def validate(self) -> "TrainConfig":
         """Raise `ConfigError` naming the first setting out of range."""
@@ -86,6 +96,11 @@ class TrainConfig:
             raise ConfigError(f"patience must be a non-negative integer, got {self.patience!r}")
         if self.patience and not self.val_fraction:
             raise ConfigError("patience needs validation data: val_fraction is 0")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if (isinstance(self.cpu_devices, bool) or not isinstance(self.cpu_devices, int)
+                or self.cpu_devices < 0):
+            raise ConfigError(f"cpu_devices must be a non-negative integer, got {self.cpu_devices!r}")
         for name in ("reduce", "shuffle", "lr_decay"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")

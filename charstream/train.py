@@ -29,7 +29,7 @@ from .text import Vocabulary, corpus_path, encode_reduced, file_sha256, load_cor
 PROG = "python -m charstream.train"
 CHECKPOINT = re.compile(r"^epoch-(\d{4,})\.keras$")
 # Settings that --resume may change; the rest must match the run.
-RESUMABLE = {"epochs", "patience"}
+RESUMABLE = {"epochs", "patience", "strategy", "cpu_devices"}
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             base = typing.get_args(kind)[0] if typing.get_args(kind) else kind
             parser.add_argument(_flag(f.name), type=base, help=help_text,
-                                metavar=f.metadata.get("metavar"))
+                                metavar=f.metadata.get("metavar"),
+                                choices=f.metadata.get("choices"))
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
                         help="start from a named recipe; 'tutorial' is the tutorial exactly")
     parser.add_argument("--out", metavar="DIR", default=None,
@@ -230,6 +231,26 @@ def _callbacks(run_dir: Path, config: TrainConfig):
     return callbacks
 
 
+def make_strategy(config: TrainConfig):
+    """The tf.distribute strategy the config asks for.
+
+    `cpu_devices > 1` splits the CPU into logical devices first, which must happen
+    before TensorFlow initialises its devices (no TF op may run before this).
+    """
+    import tensorflow as tf
+
+    if config.cpu_devices > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * config.cpu_devices)
+    if config.strategy == "default":
+        return tf.distribute.get_strategy()
+    if config.cpu_devices > 1:
+        return tf.distribute.MirroredStrategy(
+            [d.name for d in tf.config.list_logical_devices("CPU")])
+    return tf.distribute.MirroredStrategy()  # every local GPU, else the CPU
+
+
 def train(config: TrainConfig, run_dir: Path, corpus: Corpus, initial_epoch: int = 0,
           checkpoint: Path | None = None, verbose: int = 2) -> dict:
     """Fit the model for epochs `initial_epoch .. config.epochs` and save it.
@@ -239,37 +260,51 @@ def train(config: TrainConfig, run_dir: Path, corpus: Corpus, initial_epoch: int
     """
     import keras
 
-    from .batches import WindowBatches, split_starts
+    from .batches import Uint8WindowBatches, WindowBatches, split_starts
     from .model import build_training_model
 
+    strategy = make_strategy(config)
+    replicas = strategy.num_replicas_in_sync
+    # --batch-size is per replica; each step consumes the global batch, split evenly
+    # over the replicas. The learning rate is not rescaled: pass --learning-rate
+    # yourself when the global batch grows (linear scaling is the usual rule).
+    global_batch = config.batch_size * replicas
     train_starts, val_starts = split_starts(len(corpus.ids), config.seq_len, config.val_fraction)
     if config.samples is not None and config.samples < len(train_starts):
         train_starts = train_starts[:config.samples]
     depth = corpus.vocab.size
-    train_data = WindowBatches(corpus.ids, train_starts, config.batch_size, config.seq_len,
-                               depth, shuffle=config.shuffle, seed=config.seed,
-                               epoch=initial_epoch)
+    # tf.distribute sums per-replica inputs with AddN, which has no bool kernel.
+    batches = WindowBatches if replicas == 1 else Uint8WindowBatches
+    train_data = batches(corpus.ids, train_starts, global_batch, config.seq_len,
+                         depth, shuffle=config.shuffle, seed=config.seed, epoch=initial_epoch)
     # Scoring needs no gradients: bigger batches, same windows.
-    val_data = (WindowBatches(corpus.ids, val_starts, max(config.batch_size, 1024),
-                              config.seq_len, depth) if len(val_starts) else None)
+    val_data = (batches(corpus.ids, val_starts, max(global_batch, 1024),
+                        config.seq_len, depth) if len(val_starts) else None)
 
     keras.utils.set_random_seed(config.seed)
-    if checkpoint is not None:
-        model = keras.saving.load_model(checkpoint, safe_mode=True)
-    else:
-        model = build_training_model(config.seq_len, depth, config.units, config.layers,
-                                     config.dropout, config.recurrent_dropout,
-                                     config.learning_rate)
+    with strategy.scope():  # variables are created on every replica
+        if checkpoint is not None:
+            model = keras.saving.load_model(checkpoint, safe_mode=True)
+        else:
+            model = build_training_model(config.seq_len, depth, config.units, config.layers,
+                                         config.dropout, config.recurrent_dropout,
+                                         config.learning_rate)
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     truncate_history(run_dir / "history.csv", initial_epoch)
 
+    if replicas > 1:
+        print(f"{replicas} replicas ({', '.join(strategy.extended.worker_devices)}), "
+              f"global batch {global_batch}", flush=True)
     print(f"training on {len(train_starts):,} windows per epoch "
           f"({len(val_starts):,} held out), {model.count_params():,} parameters, "
           f"epochs {initial_epoch + 1}..{config.epochs}", flush=True)
     started = time.perf_counter()
+    # shuffle=False: WindowBatches shuffles the windows itself, from (seed, epoch).
+    # Keras's own default would also shuffle the batch order with Python's global
+    # RNG, which --no-shuffle could not turn off and a resume could not replay.
     fit = model.fit(train_data, validation_data=val_data, epochs=config.epochs,
                     initial_epoch=initial_epoch, callbacks=_callbacks(run_dir, config),
-                    verbose=verbose)
+                    verbose=verbose, shuffle=False)
     seconds = time.perf_counter() - started
     if model.stop_training and any(
             not math.isfinite(v) for v in fit.history.get("loss", [0.0])):
@@ -339,7 +374,7 @@ def _resume_plan(args, given: set, config: TrainConfig):
         what = ", ".join(_flag(n) for n in changed) or "--preset"
         raise ConfigError(
             f"{run_dir}: {what} cannot change on --resume (the run was trained with "
-            "other settings); only --epochs and --patience may")
+            "other settings); only --epochs, --patience, --strategy and --cpu-devices may")
     config = saved.replace(**{n: getattr(config, n) for n in given & RESUMABLE}).validate()
     # The corpus the run recorded, not whatever $CHARSTREAM_DATA says today.
     corpus = prepare_corpus(config.replace(data=config.data or doc.get("corpus", {}).get("path")))

@@ -75,6 +75,21 @@ def test_resume_continues_at_the_right_epoch(tmp_path, corpus_file, capsys):
     assert "already trained for 3 epochs" in capsys.readouterr().err
 
 
+def test_a_resumed_run_replays_the_uninterrupted_one(tmp_path, corpus_file):
+    # The window order of each epoch comes from (seed, epoch) alone, and Keras does
+    # not reshuffle batches on top, so stopping after epoch 1 and resuming gives the
+    # same epoch 2 as training straight through.
+    common = ["--data", str(corpus_file), *TINY, "--seed", "4"]
+    assert train.main([*common, "--epochs", "2", "--out", str(tmp_path / "straight")]) == 0
+    assert train.main([*common, "--epochs", "1", "--out", str(tmp_path / "split")]) == 0
+    assert train.main(["--resume", str(tmp_path / "split"), "--epochs", "2",
+                       "--sample-length", "0"]) == 0
+    straight, split = _rows(tmp_path / "straight"), _rows(tmp_path / "split")
+    for key in ("loss", "val_loss"):
+        assert [float(r[key]) for r in split] == pytest.approx(
+            [float(r[key]) for r in straight], rel=1e-5)
+
+
 def test_resume_after_sigkill_mid_epoch(tmp_path, corpus_file):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "charstream.train", "--data", str(corpus_file), "--units", "16",
