@@ -30,6 +30,15 @@ STREAM_VERSION = 1
 STREAM_FILE = "stream.npz"
 
 
+def inference_weights(inference_model) -> dict:
+    """`{"lstms": [(kernel, recurrent, bias), ...], "dense": (W, b)}` of an inference
+    copy, as `layer.get_weights()` gives them: what `NativeLSTM` takes."""
+    from .model import lstm_layers
+
+    return {"lstms": [tuple(layer.get_weights()) for layer in lstm_layers(inference_model)],
+            "dense": tuple(inference_model.layers[-1].get_weights())}
+
+
 def export_stream_weights(inference_model, path: str | os.PathLike, seq_len: int) -> None:
     """Write an inference copy's weights as `stream.npz`, atomically.
 
@@ -38,19 +47,17 @@ def export_stream_weights(inference_model, path: str | os.PathLike, seq_len: int
         path: the file to write.
         seq_len: the training window length (recorded for evaluation).
     """
-    from .model import lstm_layers
-
-    lstms = lstm_layers(inference_model)
-    dense = inference_model.layers[-1]
+    weights = inference_weights(inference_model)
     arrays = {}
-    for k, layer in enumerate(lstms, start=1):
-        kernel, recurrent, bias = layer.get_weights()
+    for k, (kernel, recurrent, bias) in enumerate(weights["lstms"], start=1):
         arrays[f"lstm_{k}_kernel"] = kernel
         arrays[f"lstm_{k}_recurrent_kernel"] = recurrent
         arrays[f"lstm_{k}_bias"] = bias
-    arrays["dense_kernel"], arrays["dense_bias"] = dense.get_weights()
-    meta = {"format": STREAM_FORMAT, "version": STREAM_VERSION, "layers": len(lstms),
-            "units": [layer.units for layer in lstms], "depth": int(dense.units),
+    arrays["dense_kernel"], arrays["dense_bias"] = weights["dense"]
+    meta = {"format": STREAM_FORMAT, "version": STREAM_VERSION,
+            "layers": len(weights["lstms"]),
+            "units": [int(r.shape[0]) for _, r, _ in weights["lstms"]],
+            "depth": int(weights["dense"][1].shape[0]),
             "seq_len": int(seq_len), "gates": "ifco", "activation": "tanh",
             "recurrent_activation": "sigmoid"}
     arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}
@@ -128,21 +135,16 @@ class NativeBackend:
     @classmethod
     def from_keras(cls, train_model, batch: int = 1) -> "NativeBackend":
         """Weights from a Keras training model, through its inference copy."""
-        from .model import build_inference_model, lstm_layers
+        from .model import build_inference_model
 
-        inference = build_inference_model(train_model)
-        weights = {"lstms": [layer.get_weights() for layer in lstm_layers(inference)],
-                   "dense": inference.layers[-1].get_weights()}
-        return cls(weights, batch, source="the Keras model")
+        return cls(inference_weights(build_inference_model(train_model)), batch,
+                   source="the Keras model")
 
     def reset(self, rows=None) -> None:
         self.net.reset(rows)
 
     def probs(self, ids) -> np.ndarray:
         return self.net.probs(ids)
-
-    def step_sample(self, ids, temperature: float, top_k, u) -> np.ndarray:
-        return self.net.step_sample(ids, temperature, top_k, u)
 
     def step_sample_into(self, ids, temperature: float, top_k, u, out) -> None:
         self.net.step_sample_into(ids, temperature, top_k or 0, u, out)

@@ -187,8 +187,9 @@ class KerasBackend:
 
     def reset(self, rows=None) -> None:
         if rows is None:
-            for layer in self._lstms:
-                layer.reset_state()
+            from .model import reset_states
+
+            reset_states(self.model)
             return
         keep = self._tf.constant(~np.asarray(rows, dtype=bool), dtype=self._tf.float32)[:, None]
         for layer in self._lstms:
@@ -206,13 +207,9 @@ class KerasBackend:
     def probs(self, ids) -> np.ndarray:
         return self._run(ids)
 
-    def step_sample(self, ids, temperature: float, top_k, u) -> np.ndarray:
-        probs = self._run(ids)
-        return np.array([sample_id(p, temperature, top_k, x) for p, x in zip(probs, u)],
-                        dtype=np.int32)
-
     def step_sample_into(self, ids, temperature: float, top_k, u, out) -> None:
-        out[:] = self.step_sample(ids, temperature, top_k, u)
+        for b, (p, x) in enumerate(zip(self._run(ids), u)):
+            out[b] = sample_id(p, temperature, top_k, x)
 
     def step_sample1(self, char_id: int, temperature: float, top_k, u: float) -> int:
         return sample_id(self._run([char_id])[0], temperature, top_k, u)

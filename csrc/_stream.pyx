@@ -218,13 +218,6 @@ cdef class NativeLSTM:
                 raise ValueError(f"ids[{b}] = {v[b]} is out of range for depth {self.depth}")
         return arr
 
-    def logits(self, ids):
-        """Feed `ids[b]` to stream b; return the `(batch, depth)` float32 logits."""
-        cdef int32_t[::1] iv = self._ids(ids)
-        with nogil:
-            cs_step(&self.net, &iv[0], &self._logits[0, 0], NULL)
-        return np.asarray(self._logits).copy()
-
     def probs(self, ids):
         """Feed `ids[b]` to stream b; return the `(batch, depth)` float64 softmax."""
         cdef int32_t[::1] iv = self._ids(ids)
@@ -247,7 +240,7 @@ cdef class NativeLSTM:
         return 0
 
     cpdef int step_sample1(self, int char_id, double temperature, int top_k, double u) except -1:
-        """The single-stream fast path of `step_sample`: scalars in, the id out.
+        """The single-stream fast path of `step_sample_into`: scalars in, the id out.
 
         `top_k <= 0` keeps every id. Requires `batch == 1`.
         """
@@ -286,8 +279,9 @@ cdef class NativeLSTM:
 
     cpdef step_sample_into(self, const int32_t[::1] ids, double temperature, int top_k,
                            const double[::1] u, int32_t[::1] out):
-        """`step_sample` for the batched iterator: typed buffers in, `out` filled in
-        place (no allocation), `top_k <= 0` keeps all. Same checks, in C."""
+        """Feed `ids[b]` to stream b and sample its next id with the uniform `u[b]`
+        into `out[b]` (no allocation: the batched iterator alternates two buffers).
+        Temperature 0 is argmax; `top_k <= 0` keeps every id."""
         cdef int b, n = self.net.batch
         if ids.shape[0] != n or u.shape[0] != n or out.shape[0] != n:
             raise ValueError(f"ids, u and out must each hold {n} values")
@@ -300,36 +294,6 @@ cdef class NativeLSTM:
         s.temperature, s.top_k, s.u, s.out, s.p = temperature, top_k, &u[0], &out[0], &self._p[0, 0]
         with nogil:
             cs_step(&self.net, &ids[0], &self._logits[0, 0], &s)
-
-    def step_sample(self, ids, double temperature, top_k, u):
-        """Feed `ids`, then sample each stream's next id with its uniform `u[b]`.
-
-        Args:
-            ids: `(batch,)` ids to feed.
-            temperature: >= 0; 0 is argmax.
-            top_k: None, or keep the k most likely.
-            u: `(batch,)` float64 uniforms in [0, 1), one per stream.
-
-        Returns:
-            `(batch,)` int32 sampled ids.
-        """
-        if not temperature >= 0 or temperature == float("inf"):
-            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
-        cdef int k = 0 if top_k is None else top_k
-        if top_k is not None and k < 1:
-            raise ValueError(f"top_k must be a positive integer or None, got {top_k}")
-        cdef int32_t[::1] iv = self._ids(ids)
-        uarr = np.ascontiguousarray(u, dtype=np.float64)
-        if uarr.shape != (self.batch,):
-            raise ValueError(f"u must have shape ({self.batch},), got {uarr.shape}")
-        cdef double[::1] uv = uarr
-        out = np.empty(self.batch, np.int32)
-        cdef int32_t[::1] ov = out
-        cdef cs_sampling s
-        s.temperature, s.top_k, s.u, s.out, s.p = temperature, k, &uv[0], &ov[0], &self._p[0, 0]
-        with nogil:
-            cs_step(&self.net, &iv[0], &self._logits[0, 0], &s)
-        return out
 
 
 def sample_from_logits(logits, double temperature, int top_k, double u):
