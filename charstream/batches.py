@@ -93,6 +93,8 @@ class WindowBatches(keras.utils.PyDataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Fix the window order for `epoch`."""
+        if self._perm is not None and epoch == self.epoch:
+            return
         self.epoch = epoch
         if self.shuffle:
             if self._perm is None:
@@ -119,6 +121,21 @@ class WindowBatches(keras.utils.PyDataset):
 
     def on_epoch_end(self) -> None:
         self.set_epoch(self.epoch + 1)
+
+    def epoch_callback(self) -> keras.callbacks.Callback:
+        """A callback for `fit` that gives epoch `e` the order of `(seed, e)` exactly.
+
+        `on_epoch_end` alone advances the order once per pass, but Keras also calls
+        it when `fit` starts (its epoch iterator resets before the first epoch), so
+        counting passes would be off by one; the callback names the epoch instead.
+        """
+        batches = self
+
+        class SetEpoch(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                batches.set_epoch(epoch)
+
+        return SetEpoch()
 
 
 class Uint8WindowBatches(WindowBatches):
