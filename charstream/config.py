@@ -22,7 +22,7 @@ CONFIG_FORMAT = "charstream.run"
 CONFIG_VERSION = 1
 
 
-STRATEGIES = ("default", "mirrored")
+STRATEGIES = ("default", "mirrored", "multiworker")
 
 
 class ConfigError(ValueError):
@@ -67,8 +67,9 @@ class TrainConfig:
         "keeping the best weights; 0 = never stop early")
     strategy: str = _setting(
         "default", "default: one device; mirrored: tf.distribute.MirroredStrategy over "
-        "the local GPUs (or --cpu-devices logical CPUs), --batch-size per replica",
-        choices=("default", "mirrored"))
+        "the local GPUs (or --cpu-devices logical CPUs); multiworker: "
+        "MultiWorkerMirroredStrategy across the processes or machines in $TF_CONFIG. "
+        "--batch-size is per replica", choices=STRATEGIES)
     cpu_devices: int = _setting(
         0, "split the CPU into this many logical devices for --strategy mirrored "
         "(to try it on a machine without GPUs); 0 = the devices as they are")
@@ -101,6 +102,11 @@ class TrainConfig:
         if (isinstance(self.cpu_devices, bool) or not isinstance(self.cpu_devices, int)
                 or self.cpu_devices < 0):
             raise ConfigError(f"cpu_devices must be a non-negative integer, got {self.cpu_devices!r}")
+        if self.cpu_devices > 1 and self.strategy == "multiworker":
+            # MultiWorkerMirroredStrategy trains on the GPUs of each worker, else on
+            # one CPU device: logical CPUs would not be replicas.
+            raise ConfigError(f"cpu_devices {self.cpu_devices} applies to --strategy mirrored, "
+                              "not multiworker (which uses each worker's GPUs, else its CPU)")
         for name in ("reduce", "shuffle", "lr_decay"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")

@@ -9,6 +9,7 @@ progress and `--resume` picks it up from its newest checkpoint.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import io
@@ -18,6 +19,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import time
 import typing
 from pathlib import Path
@@ -204,23 +206,38 @@ def _new_run_dir(out: str | None) -> Path:
 
 # ----------------------------------------------------------------------------- training
 
-def _callbacks(run_dir: Path, config: TrainConfig):
+def save_model(model, path: Path, writer: bool = True) -> None:
+    """`model.save(path)` through a temporary file renamed into place.
+
+    Under multiworker, saving may run collective ops (reading distributed
+    variables), so every worker saves; a worker that is not the `writer` saves into
+    a temporary directory that is deleted at once, and `path` is the chief's alone.
+    """
+    if writer:
+        with atomic_path(path) as tmp:
+            model.save(tmp)
+        return
+    with tempfile.TemporaryDirectory(prefix="charstream-worker-") as scratch:
+        model.save(Path(scratch) / path.name)
+
+
+def _callbacks(run_dir: Path, config: TrainConfig, writer: bool = True):
+    """The training callbacks; only the `writer` (the chief, under multiworker)
+    writes the run directory."""
     import keras
 
     class AtomicCheckpoint(keras.callbacks.Callback):
-        """Save the whole model (weights and optimizer) after every epoch,
-        to a temporary file renamed into place."""
+        """Save the whole model (weights and optimizer) after every epoch."""
 
         def on_epoch_end(self, epoch, logs=None):
-            path = run_dir / "checkpoints" / f"epoch-{epoch + 1:04d}.keras"
-            with atomic_path(path) as tmp:
-                self.model.save(tmp)
+            save_model(self.model, run_dir / "checkpoints" / f"epoch-{epoch + 1:04d}.keras", writer)
 
-    callbacks = [keras.callbacks.TerminateOnNaN(),
-                 # CSVLogger before the checkpoint: a kill between the two leaves a
-                 # row without its checkpoint, which resume drops and recomputes.
-                 keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
-                 AtomicCheckpoint()]
+    callbacks = [keras.callbacks.TerminateOnNaN()]
+    if writer:
+        # CSVLogger before the checkpoint: a kill between the two leaves a
+        # row without its checkpoint, which resume drops and recomputes.
+        callbacks.append(keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True))
+    callbacks.append(AtomicCheckpoint())
     if config.lr_decay:
         last = max(config.epochs - 1, 1)
         callbacks.append(keras.callbacks.LearningRateScheduler(
@@ -231,38 +248,62 @@ def _callbacks(run_dir: Path, config: TrainConfig):
     return callbacks
 
 
-def make_strategy(config: TrainConfig):
-    """The tf.distribute strategy the config asks for.
+@dataclasses.dataclass
+class Pipeline:
+    train: typing.Any          # what fit trains on
+    val: typing.Any            # what it validates on, or None
+    windows: int               # training windows per epoch, all workers together
+    steps: dict                # steps_per_epoch / validation_steps for fit, if needed
+    callbacks: list            # what keeps the window order in step with the epoch
 
-    `cpu_devices > 1` splits the CPU into logical devices first, which must happen
-    before TensorFlow initialises its devices (no TF op may run before this).
-    """
-    import tensorflow as tf
 
-    if config.cpu_devices > 1:
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * config.cpu_devices)
-    if config.strategy == "default":
-        return tf.distribute.get_strategy()
-    if config.cpu_devices > 1:
-        return tf.distribute.MirroredStrategy(
-            [d.name for d in tf.config.list_logical_devices("CPU")])
-    return tf.distribute.MirroredStrategy()  # every local GPU, else the CPU
+def _input_pipeline(config: TrainConfig, corpus: Corpus, strategy, global_batch: int,
+                    train_starts: range, val_starts: range, initial_epoch: int) -> Pipeline:
+    """The batches `fit` trains and validates on, one-hot on demand."""
+    from .batches import Uint8WindowBatches, WindowBatches
+    from .distribute import worker_dataset
+
+    depth, seq_len = corpus.vocab.size, config.seq_len
+    val_batch = max(global_batch, 1024)  # scoring needs no gradients: bigger batches
+    if config.strategy == "multiworker":
+        # Each worker builds only its own replicas' share of every global batch.
+        train, steps, windows = worker_dataset(
+            strategy, corpus.ids, train_starts, global_batch, seq_len, depth,
+            shuffle=config.shuffle, seed=config.seed, epochs=range(initial_epoch, config.epochs))
+        pipeline = Pipeline(train, None, windows, {"steps_per_epoch": steps}, [])
+        if len(val_starts):
+            pipeline.val, pipeline.steps["validation_steps"], _ = worker_dataset(
+                strategy, corpus.ids, val_starts, val_batch, seq_len, depth)
+        return pipeline
+    # tf.distribute sums per-replica inputs with AddN, which has no bool kernel.
+    batches = WindowBatches if strategy.num_replicas_in_sync == 1 else Uint8WindowBatches
+    train = batches(corpus.ids, train_starts, global_batch, seq_len, depth,
+                    shuffle=config.shuffle, seed=config.seed, epoch=initial_epoch)
+    val = batches(corpus.ids, val_starts, val_batch, seq_len, depth) if len(val_starts) else None
+    return Pipeline(train, val, len(train_starts), {}, [train.epoch_callback()])
 
 
 def train(config: TrainConfig, run_dir: Path, corpus: Corpus, initial_epoch: int = 0,
           checkpoint: Path | None = None, verbose: int = 2) -> dict:
     """Fit the model for epochs `initial_epoch .. config.epochs` and save it.
 
+    Under `--strategy multiworker` every worker calls this with the same arguments;
+    all of them train, only the chief writes `run_dir`.
+
     Returns:
         The summary that is also written to `summary.json`.
     """
     import keras
 
-    from .batches import Uint8WindowBatches, WindowBatches, split_starts
+    from .batches import split_starts
+    from .distribute import check_agreement, make_strategy, multiworker_keras, parse_tf_config
     from .model import build_training_model
 
+    multiworker = config.strategy == "multiworker"
+    task = parse_tf_config() if multiworker else None
+    writer = task is None or task.is_chief
+    if multiworker:
+        print(f"{task}: waiting for every worker in TF_CONFIG", flush=True)
     strategy = make_strategy(config)
     replicas = strategy.num_replicas_in_sync
     # --batch-size is per replica; each step consumes the global batch, split evenly
@@ -272,64 +313,75 @@ def train(config: TrainConfig, run_dir: Path, corpus: Corpus, initial_epoch: int
     train_starts, val_starts = split_starts(len(corpus.ids), config.seq_len, config.val_fraction)
     if config.samples is not None and config.samples < len(train_starts):
         train_starts = train_starts[:config.samples]
-    depth = corpus.vocab.size
-    # tf.distribute sums per-replica inputs with AddN, which has no bool kernel.
-    batches = WindowBatches if replicas == 1 else Uint8WindowBatches
-    train_data = batches(corpus.ids, train_starts, global_batch, config.seq_len,
-                         depth, shuffle=config.shuffle, seed=config.seed, epoch=initial_epoch)
-    # Scoring needs no gradients: bigger batches, same windows.
-    val_data = (batches(corpus.ids, val_starts, max(global_batch, 1024),
-                        config.seq_len, depth) if len(val_starts) else None)
+    if multiworker:
+        check_agreement(strategy, json.dumps(
+            {"settings": {k: v for k, v in dataclasses.asdict(config).items()
+                          if k not in ("data", "strategy", "cpu_devices")},  # may differ
+             "corpus": corpus.sha256, "initial_epoch": initial_epoch,
+             "checkpoint": checkpoint.name if checkpoint else None}, sort_keys=True))
+    pipeline = _input_pipeline(config, corpus, strategy, global_batch, train_starts,
+                               val_starts, initial_epoch)
 
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():  # variables are created on every replica
         if checkpoint is not None:
             model = keras.saving.load_model(checkpoint, safe_mode=True)
         else:
-            model = build_training_model(config.seq_len, depth, config.units, config.layers,
-                                         config.dropout, config.recurrent_dropout,
-                                         config.learning_rate)
-    (run_dir / "checkpoints").mkdir(exist_ok=True)
-    truncate_history(run_dir / "history.csv", initial_epoch)
+            model = build_training_model(config.seq_len, corpus.vocab.size, config.units,
+                                         config.layers, config.dropout,
+                                         config.recurrent_dropout, config.learning_rate)
+    context = multiworker_keras(model, strategy) if multiworker else contextlib.nullcontext()
+    if writer:
+        (run_dir / "checkpoints").mkdir(exist_ok=True)
+        truncate_history(run_dir / "history.csv", initial_epoch)
 
-    if replicas > 1:
+    if multiworker:
+        print(f"{task}{' (chief)' if writer else ''}: {replicas} replicas across "
+              f"{task.workers} workers, global batch {global_batch}", flush=True)
+    elif replicas > 1:
         print(f"{replicas} replicas ({', '.join(strategy.extended.worker_devices)}), "
               f"global batch {global_batch}", flush=True)
-    print(f"training on {len(train_starts):,} windows per epoch "
+    print(f"training on {pipeline.windows:,} windows per epoch "
           f"({len(val_starts):,} held out), {model.count_params():,} parameters, "
           f"epochs {initial_epoch + 1}..{config.epochs}", flush=True)
     started = time.perf_counter()
-    # shuffle=False: WindowBatches shuffles the windows itself, from (seed, epoch).
-    # Keras's own default would also shuffle the batch order with Python's global
-    # RNG, which --no-shuffle could not turn off and a resume could not replay.
-    fit = model.fit(train_data, validation_data=val_data, epochs=config.epochs,
-                    initial_epoch=initial_epoch, callbacks=_callbacks(run_dir, config),
-                    verbose=verbose, shuffle=False)
-    seconds = time.perf_counter() - started
-    if model.stop_training and any(
-            not math.isfinite(v) for v in fit.history.get("loss", [0.0])):
-        raise RuntimeError("training stopped: the loss became NaN (try a lower --learning-rate)")
-    with atomic_path(run_dir / "model.keras") as tmp:
-        model.save(tmp)
-    from .model import build_inference_model
-    from .native import STREAM_FILE, export_stream_weights
+    with context:
+        # shuffle=False: the batches come shuffled from (seed, epoch). Keras's own
+        # default would also shuffle the batch order with Python's global RNG,
+        # which --no-shuffle could not turn off and a resume could not replay.
+        fit = model.fit(pipeline.train, validation_data=pipeline.val, epochs=config.epochs,
+                        initial_epoch=initial_epoch, verbose=verbose, shuffle=False,
+                        callbacks=pipeline.callbacks + _callbacks(run_dir, config, writer),
+                        **pipeline.steps)
+        seconds = time.perf_counter() - started
+        if model.stop_training and any(
+                not math.isfinite(v) for v in fit.history.get("loss", [0.0])):
+            raise RuntimeError("training stopped: the loss became NaN (try a lower --learning-rate)")
+        val_scores = (model.evaluate(pipeline.val, verbose=0,
+                                     steps=pipeline.steps.get("validation_steps"))
+                      if pipeline.val is not None else None)
+    save_model(model, run_dir / "model.keras", writer)
+    if writer:
+        from .model import build_inference_model
+        from .native import STREAM_FILE, export_stream_weights
 
-    export_stream_weights(build_inference_model(model), run_dir / STREAM_FILE, config.seq_len)
+        export_stream_weights(build_inference_model(model), run_dir / STREAM_FILE, config.seq_len)
 
     epochs_run = len(fit.history.get("loss", []))
     summary = {
         "epochs": initial_epoch + epochs_run,
         "seconds": round(seconds, 1),
-        "samples_per_second": round(epochs_run * len(train_starts) / seconds, 1) if seconds else None,
+        "samples_per_second": round(epochs_run * pipeline.windows / seconds, 1) if seconds else None,
         "train_loss": fit.history["loss"][-1] if epochs_run else None,
         "train_accuracy": fit.history["accuracy"][-1] if epochs_run else None,
     }
-    if val_data is not None:
-        val_loss, val_acc = model.evaluate(val_data, verbose=0)
+    if val_scores is not None:
+        val_loss, val_acc = val_scores
         summary.update(val_loss=val_loss, val_bits_per_char=val_loss / math.log(2),
                        val_accuracy=val_acc, val_windows=int(len(val_starts)))
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    plot_history(read_history(run_dir / "history.csv"), run_dir / "history.png")
+    if writer:
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        plot_history(read_history(run_dir / "history.csv"), run_dir / "history.png")
     return summary
 
 
@@ -403,6 +455,23 @@ def _on_sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
+def _task(config: TrainConfig):
+    """This process's `distribute.Task` under `--strategy multiworker`, else None."""
+    if config.strategy != "multiworker":
+        return None
+    from .distribute import parse_tf_config
+
+    return parse_tf_config()
+
+
+def _peer_failure_message(task, err: BaseException, run_dir: Path) -> str:
+    done, _ = newest_checkpoint(run_dir)
+    detail = " ".join(str(err).split())[:300] or type(err).__name__
+    return (f"{task}: training stopped because a worker failed or left "
+            f"({type(err).__name__}: {detail}); {run_dir} holds {done} finished epochs; "
+            f"restart every worker with: {PROG} --resume {run_dir} --strategy multiworker")
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -413,8 +482,16 @@ def main(argv=None) -> int:
             if args.out:
                 raise ConfigError("--out and --resume are exclusive: --resume writes into its DIR")
             run_dir, config, corpus, done, checkpoint = _resume_plan(args, given, config)
+            task = _task(config)
         else:
-            run_dir = _new_run_dir(args.out)
+            task = _task(config)
+            if task is not None and not args.out:
+                raise ConfigError(
+                    "--strategy multiworker needs --out DIR: the same directory for every "
+                    "worker, on a filesystem they all share (only the chief writes it)")
+            # Under multiworker the chief creates the run directory; the others
+            # must not race it to the check.
+            run_dir = _new_run_dir(args.out) if task is None or task.is_chief else Path(args.out)
             corpus = prepare_corpus(config)
             from .batches import split_starts
 
@@ -424,11 +501,13 @@ def main(argv=None) -> int:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
 
-    if not args.resume:
+    writer = task is None or task.is_chief
+    if not args.resume and writer:
         run_dir.mkdir(parents=True, exist_ok=True)
         corpus.vocab.save(run_dir / "vocab.json")
         write_run_config(run_dir / "config.json", config, corpus.describe(), corpus.vocab.size)
-    print(f"{'resuming' if args.resume else 'writing'} {run_dir} "
+    action = ("resuming" if args.resume else "writing") if writer else "training for"
+    print(f"{f'{task}: ' if task else ''}{action} {run_dir} "
           f"(corpus {corpus.path}, {len(corpus.ids):,} characters, "
           f"{corpus.vocab.size} symbols)", flush=True)
 
@@ -444,10 +523,18 @@ def main(argv=None) -> int:
     except RuntimeError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1
+    except Exception as err:
+        from .distribute import is_peer_failure
+
+        if task is None or not is_peer_failure(err):
+            raise
+        print(f"{PROG}: error: {_peer_failure_message(task, err, run_dir)}", file=sys.stderr)
+        return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
     _print_summary(summary, run_dir)
-    _write_sample(run_dir, args.sample_length)
+    if writer:
+        _write_sample(run_dir, args.sample_length)
     return 0
 
 
