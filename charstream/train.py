@@ -30,8 +30,9 @@ from .text import Vocabulary, corpus_path, encode_reduced, file_sha256, load_cor
 
 PROG = "python -m charstream.train"
 CHECKPOINT = re.compile(r"^epoch-(\d{4,})\.keras$")
-# Settings that --resume may change; the rest must match the run.
-RESUMABLE = {"epochs", "patience", "strategy", "cpu_devices"}
+# Settings that --resume may change; the rest must match the run. --data may
+# name the corpus at another path (another machine's mount) if its sha256 matches.
+RESUMABLE = {"epochs", "patience", "strategy", "cpu_devices", "data"}
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -426,10 +427,14 @@ def _resume_plan(args, given: set, config: TrainConfig):
         what = ", ".join(_flag(n) for n in changed) or "--preset"
         raise ConfigError(
             f"{run_dir}: {what} cannot change on --resume (the run was trained with "
-            "other settings); only --epochs, --patience, --strategy and --cpu-devices may")
+            "other settings); only --epochs, --patience, --strategy, --cpu-devices and --data "
+            "(the same corpus at another path) may")
     config = saved.replace(**{n: getattr(config, n) for n in given & RESUMABLE}).validate()
-    # The corpus the run recorded, not whatever $CHARSTREAM_DATA says today.
-    corpus = prepare_corpus(config.replace(data=config.data or doc.get("corpus", {}).get("path")))
+    # An explicit --data, else the corpus the run recorded, never whatever
+    # $CHARSTREAM_DATA says today; either way its sha256 must be the run's.
+    if "data" not in given:
+        config = config.replace(data=saved.data or doc.get("corpus", {}).get("path"))
+    corpus = prepare_corpus(config)
     if corpus.sha256 != doc.get("corpus", {}).get("sha256"):
         raise ConfigError(
             f"{corpus.path}: the corpus changed since {run_dir} was trained "

@@ -210,6 +210,19 @@ def test_bad_resumes(tmp_path, capsys, corpus_file, trained_run):
     doc["settings"]["data"] = doc["corpus"]["path"] = str(changed)
     (run / "config.json").write_text(json.dumps(doc))
     _bad(capsys, ["--resume", str(run), "--epochs", "3"], "the corpus changed")
+    _bad(capsys, ["--resume", str(trained_run), "--epochs", "3", "--data", str(changed)],
+         "the corpus changed")
+
+
+def test_resume_finds_the_same_corpus_at_another_path(tmp_path, corpus_file, trained_run):
+    moved = tmp_path / "elsewhere.txt"  # e.g. another machine's mount of the corpus
+    moved.write_bytes(corpus_file.read_bytes())
+    args = train.build_parser().parse_args(
+        ["--resume", str(trained_run), "--epochs", "3", "--data", str(moved)])
+    config, given = train.config_from_args(args)
+    _, config, corpus, done, checkpoint = train._resume_plan(args, given, config)
+    assert corpus.path == moved and config.data == str(moved)
+    assert done == 2 and checkpoint.name == "epoch-0002.keras"
 
 
 def test_flags_come_from_the_config_and_presets():
