@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import os
 
 import numpy as np
@@ -131,9 +132,33 @@ def check_agreement(strategy, what: str) -> None:
             f"filesystem they all share (this worker has: {what})")
 
 
-def _split(starts: np.ndarray, parts: int) -> list[np.ndarray]:
-    """`parts` contiguous chunks whose sizes differ by at most one (first ones larger)."""
-    return np.array_split(starts, parts)
+def shard_steps(n_windows: int, global_batch: int, replicas: int) -> tuple[int, int]:
+    """Steps per epoch and windows trained per epoch when every replica must get at
+    least one window of every global batch (a smaller last batch is dropped).
+
+    Raises:
+        ConfigError: if not even one step is possible.
+    """
+    steps = math.ceil(n_windows / global_batch)
+    last = n_windows - (steps - 1) * global_batch
+    if last < replicas:
+        steps, last = steps - 1, global_batch
+    if steps < 1:
+        raise ConfigError(f"{n_windows} windows cannot give each of {replicas} replicas "
+                          "one: use more --samples or fewer workers")
+    return steps, (steps - 1) * global_batch + last
+
+
+def shard_starts(order, steps: int, replicas: int, first: int, local: int):
+    """The window starts of replicas `first .. first + local` (one worker's), step by step.
+
+    Global batch `b` of `order` (a `WindowBatches`) is cut into `replicas`
+    contiguous chunks whose sizes differ by at most one; this yields chunks
+    `first .. first + local - 1` of batch 0, then of batch 1, ... (`int64` arrays).
+    """
+    for b in range(steps):
+        chunks = np.array_split(order.batch_starts(b), replicas)
+        yield from chunks[first:first + local]
 
 
 def worker_dataset(strategy, ids: np.ndarray, starts: range, global_batch: int,
@@ -143,10 +168,9 @@ def worker_dataset(strategy, ids: np.ndarray, starts: range, global_batch: int,
 
     Step `b` of epoch `e` trains on the global batch `b` of `WindowBatches(ids,
     starts, global_batch, ..., seed, epoch=e)` (the order single-device training
-    uses), cut into one contiguous chunk per replica in the cluster, sizes within
-    one of each other; a worker builds only its own replicas' chunks, so no two
-    workers see the same window in an epoch. A last global batch with fewer windows
-    than replicas is dropped (every replica must step together).
+    uses), cut into one chunk per replica in the cluster (`shard_starts`); a worker
+    builds only its own replicas' chunks, so no two workers see the same window in
+    an epoch.
 
     With `epochs`, the dataset runs through those epochs back to back, each with its
     own order (pass `steps_per_epoch` to `fit`, which then keeps one iterator);
@@ -162,30 +186,20 @@ def worker_dataset(strategy, ids: np.ndarray, starts: range, global_batch: int,
     from .windows import onehot_batch
 
     replicas = strategy.num_replicas_in_sync
-    base = WindowBatches(ids, starts, global_batch, seq_len, depth)
-    steps = len(base)
-    last = len(starts) - (steps - 1) * global_batch
-    if last < replicas:
-        steps -= 1
-        last = global_batch
-    if steps < 1:
-        raise ValueError(f"{len(starts)} windows cannot give each of {replicas} replicas one")
-    windows = (steps - 1) * global_batch + last
+    steps, windows = shard_steps(len(starts), global_batch, replicas)
     spec = (tf.TensorSpec((None, seq_len, depth), tf.uint8), tf.TensorSpec((None, depth), tf.uint8))
 
     def dataset_fn(context):
         local = replicas // context.num_input_pipelines   # replicas on this worker
         first = context.input_pipeline_id * local          # its first replica
 
-        def chunks(epoch):
+        def chunks(epoch):  # one element per local replica per step
             order = WindowBatches(ids, starts, global_batch, seq_len, depth,
                                   shuffle=shuffle, seed=seed, epoch=int(epoch))
-            for b in range(steps):
-                split = _split(order.batch_starts(b), replicas)
-                for r in range(first, first + local):  # one element per local replica
-                    X, Y = onehot_batch(ids, split[r], seq_len, depth)
-                    # uint8, the same bytes: tf.distribute has no bool AddN.
-                    yield X.view(np.uint8), Y.view(np.uint8)
+            for chunk in shard_starts(order, steps, replicas, first, local):
+                X, Y = onehot_batch(ids, chunk, seq_len, depth)
+                # uint8, the same bytes: tf.distribute has no bool AddN.
+                yield X.view(np.uint8), Y.view(np.uint8)
 
         def epoch_dataset(epoch):
             return tf.data.Dataset.from_generator(chunks, output_signature=spec, args=(epoch,))
@@ -214,9 +228,17 @@ def multiworker_keras(model, strategy):
     multi-worker means of scalars reduce over replicas only (`axis=None`), the
     same value Keras computes under `MirroredStrategy`.
     """
+    import keras
     import tensorflow as tf
     from keras.src.backend.tensorflow import trainer as keras_trainer
 
+    if not (hasattr(keras_trainer, "reduce_per_replica")
+            and hasattr(keras_trainer, "_collective_all_reduce_multi_worker")
+            and hasattr(model, "_distribute_strategy")):
+        raise RuntimeError(
+            f"--strategy multiworker: Keras {keras.__version__} no longer has the internals "
+            "charstream works around (keras-team/keras#20585); see whether that issue is "
+            "fixed there, and train with --strategy mirrored or default meanwhile")
     original = keras_trainer.reduce_per_replica
 
     def reduce_per_replica(values, strategy_, reduction="auto"):

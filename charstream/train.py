@@ -522,9 +522,15 @@ def main(argv=None) -> int:
         summary = train(config, run_dir, corpus, done, checkpoint, verbose)
     except KeyboardInterrupt:
         done, _ = newest_checkpoint(run_dir)
-        print(f"\ninterrupted after {done} finished epochs; continue with: "
-              f"{PROG} --resume {run_dir}", file=sys.stderr)
+        again = f"{PROG} --resume {run_dir}"
+        if task is not None:
+            again = f"{again} --strategy multiworker, on every worker"
+        print(f"\ninterrupted after {done} finished epochs; continue with: {again}",
+              file=sys.stderr)
         return 130
+    except ConfigError as err:  # found once the strategy knows the replicas
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
     except RuntimeError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1

@@ -223,3 +223,55 @@ def test_bad_strategy_settings(tmp_path, capsys, monkeypatch):
                        "--out", str(tmp_path / "r")]) == 2
     assert "cpu_devices 2 applies to --strategy mirrored, not multiworker" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("n, global_batch, workers, local", [
+    (4096, 32, 2, 1), (1000, 64, 2, 2), (1001, 64, 3, 1), (130, 64, 4, 1), (65, 64, 2, 1)])
+def test_each_worker_builds_only_its_share_of_every_global_batch(n, global_batch, workers, local):
+    import numpy as np
+
+    from charstream.batches import WindowBatches
+    from charstream.distribute import shard_starts, shard_steps
+
+    replicas = workers * local
+    steps, windows = shard_steps(n, global_batch, replicas)
+    order = WindowBatches(np.zeros(n + 16, np.uint8), range(n), global_batch, 16, 36,
+                          shuffle=True, seed=5, epoch=3)
+    shares = [list(shard_starts(order, steps, replicas, w * local, local))
+              for w in range(workers)]
+    seen = []
+    for b in range(steps):
+        # Step b: every replica's chunk, in replica order, is exactly global batch b.
+        chunks = [shares[w][b * local + j] for w in range(workers) for j in range(local)]
+        assert np.array_equal(np.concatenate(chunks), order.batch_starts(b))
+        sizes = [len(c) for c in chunks]
+        assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
+        seen.extend(np.concatenate(chunks))
+    assert len(seen) == len(set(seen)) == windows  # no window twice in an epoch
+    # Only a last batch smaller than the replicas is dropped (the 130 and 65 cases).
+    remainder = n % global_batch
+    assert windows == n - (remainder if remainder < replicas else 0)
+
+
+def test_too_few_windows_for_the_replicas():
+    from charstream.distribute import shard_steps
+
+    with pytest.raises(ConfigError, match="3 windows cannot give each of 4 replicas one"):
+        shard_steps(3, 64, 4)
+
+
+def test_the_keras_workaround_is_undone_after_fit():
+    import keras
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import trainer as keras_trainer
+
+    from charstream.distribute import multiworker_keras
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    original, strategy = keras_trainer.reduce_per_replica, model._distribute_strategy
+    with pytest.raises(ZeroDivisionError), multiworker_keras(model, tf.distribute.get_strategy()):
+        assert keras_trainer.reduce_per_replica is not original
+        assert model._distribute_strategy is None
+        1 / 0
+    assert keras_trainer.reduce_per_replica is original
+    assert model._distribute_strategy is strategy
