@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", metavar="DIR", default=None,
                         help="continue the run in DIR from its newest checkpoint "
                         "(--epochs is the total to reach)")
+    parser.add_argument("--auto-resume", action="store_true",
+                        help="with --out DIR: continue the run already in DIR if there is "
+                        "one, else start it, so that the same command works after a crash "
+                        "or preemption (like Keras's BackupAndRestore)")
     parser.add_argument("--sample-length", type=int, default=400, metavar="N",
                         help="characters streamed into sample.txt at the end (default: 400)")
     return parser
@@ -469,12 +473,19 @@ def _task(config: TrainConfig):
     return parse_tf_config()
 
 
-def _peer_failure_message(task, err: BaseException, run_dir: Path) -> str:
+def _restart_command(args, run_dir: Path, task) -> str:
+    if args.auto_resume:
+        return "the same command (it has --auto-resume)"
+    command = f"{PROG} --resume {run_dir}"
+    return f"{command} --strategy multiworker" if task is not None else command
+
+
+def _peer_failure_message(task, err: BaseException, run_dir: Path, again: str) -> str:
     done, _ = newest_checkpoint(run_dir)
     detail = " ".join(str(err).split())[:300] or type(err).__name__
     return (f"{task}: training stopped because a worker failed or left "
             f"({type(err).__name__}: {detail}); {run_dir} holds {done} finished epochs; "
-            f"restart every worker with: {PROG} --resume {run_dir} --strategy multiworker")
+            f"restart every worker with: {again}")
 
 
 def main(argv=None) -> int:
@@ -483,6 +494,11 @@ def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         config, given = config_from_args(args)
+        if args.auto_resume:
+            if args.resume or not args.out:
+                raise ConfigError("--auto-resume goes with --out DIR (not --resume)")
+            if (Path(args.out) / "config.json").exists():
+                args.resume, args.out = args.out, None
         if args.resume:
             if args.out:
                 raise ConfigError("--out and --resume are exclusive: --resume writes into its DIR")
@@ -522,11 +538,9 @@ def main(argv=None) -> int:
         summary = train(config, run_dir, corpus, done, checkpoint, verbose)
     except KeyboardInterrupt:
         done, _ = newest_checkpoint(run_dir)
-        again = f"{PROG} --resume {run_dir}"
-        if task is not None:
-            again = f"{again} --strategy multiworker, on every worker"
-        print(f"\ninterrupted after {done} finished epochs; continue with: {again}",
-              file=sys.stderr)
+        again = _restart_command(args, run_dir, task)
+        print(f"\ninterrupted after {done} finished epochs; continue with: {again}"
+              f"{' on every worker' if task is not None else ''}", file=sys.stderr)
         return 130
     except ConfigError as err:  # found once the strategy knows the replicas
         print(f"{PROG}: error: {err}", file=sys.stderr)
@@ -539,7 +553,9 @@ def main(argv=None) -> int:
 
         if task is None or not is_peer_failure(err):
             raise
-        print(f"{PROG}: error: {_peer_failure_message(task, err, run_dir)}", file=sys.stderr)
+        again = _restart_command(args, run_dir, task)
+        print(f"{PROG}: error: {_peer_failure_message(task, err, run_dir, again)}",
+              file=sys.stderr)
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)

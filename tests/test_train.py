@@ -248,3 +248,18 @@ def test_same_seed_same_initial_weights(corpus_file):
         weights.append(build_training_model(units=8).get_weights())
     for a, b in zip(*weights):
         np.testing.assert_array_equal(a, b)
+
+
+def test_auto_resume_continues_the_run_in_out_or_starts_it(tmp_path, corpus_file, capsys):
+    run = tmp_path / "run"
+    command = ["--data", str(corpus_file), "--units", "8", "--samples", "256",
+               "--batch-size", "64", "--sample-length", "0", "--out", str(run), "--auto-resume"]
+    assert train.main(command + ["--epochs", "1"]) == 0    # nothing there yet: a new run
+    assert f"writing {run}" in capsys.readouterr().out
+    assert train.main(command + ["--epochs", "2"]) == 0    # the same command continues it
+    out = capsys.readouterr().out
+    assert f"resuming {run}" in out and "epochs 2..2" in out
+    with open(run / "history.csv", newline="") as fh:
+        assert [row["epoch"] for row in csv.DictReader(fh)] == ["0", "1"]
+    _bad(capsys, command + ["--epochs", "3", "--units", "9"], "--units cannot change on --resume")
+    _bad(capsys, ["--auto-resume", "--resume", str(run)], "--auto-resume goes with --out DIR")
