@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", metavar="DIR", default=None,
                         help="continue the run in DIR from its newest checkpoint "
                         "(--epochs is the total to reach)")
-    parser.add_argument("--auto-resume", action="store_true",
+    parser.add_argument("--auto-resume", action="store_true", default=False,
                         help="with --out DIR: continue the run already in DIR if there is "
                         "one, else start it, so that the same command works after a crash "
                         "or preemption (like Keras's BackupAndRestore)")
