@@ -237,7 +237,14 @@ def _callbacks(run_dir: Path, config: TrainConfig, writer: bool = True):
         def on_epoch_end(self, epoch, logs=None):
             save_model(self.model, run_dir / "checkpoints" / f"epoch-{epoch + 1:04d}.keras", writer)
 
-    callbacks = [keras.callbacks.TerminateOnNaN()]
+    class StopWhenAsked(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if _Stop.requested:
+                raise KeyboardInterrupt
+
+        on_test_batch_end = on_epoch_end = on_train_batch_end
+
+    callbacks = [StopWhenAsked(), keras.callbacks.TerminateOnNaN()]
     if writer:
         # CSVLogger before the checkpoint: a kill between the two leaves a
         # row without its checkpoint, which resume drops and recomputes.
@@ -460,7 +467,17 @@ def _resume_plan(args, given: set, config: TrainConfig):
     return run_dir, config, corpus, done, checkpoint
 
 
-def _on_sigterm(signum, frame):
+class _Stop:
+    """Set by SIGINT/SIGTERM. The handler raises KeyboardInterrupt at once, but
+    one that lands while a `__del__` runs (TensorFlow frees iterators at every
+    epoch's end, just when a checkpoint appears) is swallowed by Python, so the
+    training loop also checks the flag after every batch."""
+
+    requested = False
+
+
+def _on_stop_signal(signum, frame):
+    _Stop.requested = True
     raise KeyboardInterrupt
 
 
@@ -532,7 +549,10 @@ def main(argv=None) -> int:
           f"(corpus {corpus.path}, {len(corpus.ids):,} characters, "
           f"{corpus.vocab.size} symbols)", flush=True)
 
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    _Stop.requested = False
+    # SIGINT only where it is not ignored (a background job's shell ignores it).
+    previous = {sig: signal.signal(sig, _on_stop_signal) for sig in (signal.SIGINT, signal.SIGTERM)
+                if sig == signal.SIGTERM or signal.getsignal(sig) is not signal.SIG_IGN}
     verbose = 1 if sys.stdout.isatty() else 2
     try:
         summary = train(config, run_dir, corpus, done, checkpoint, verbose)
@@ -558,7 +578,8 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 1
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     _print_summary(summary, run_dir)
     if writer:
         _write_sample(run_dir, args.sample_length)

@@ -121,6 +121,19 @@ def test_resume_after_sigkill_mid_epoch(tmp_path, corpus_file):
     assert not [p for p in run.rglob("*") if p.name.endswith(".tmp") or ".tmp." in p.name]
 
 
+def test_a_swallowed_interrupt_still_stops_training_at_the_next_batch(tmp_path):
+    # Python drops an exception raised in a __del__, so a signal that lands in
+    # one only sets the flag; the first callback turns it into the interrupt.
+    stop = train._callbacks(tmp_path, TrainConfig())[0]
+    stop.on_train_batch_end(0)  # nothing asked
+    train._Stop.requested = True
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            stop.on_train_batch_end(0)
+    finally:
+        train._Stop.requested = False
+
+
 def test_sigint_stops_cleanly_and_says_how_to_resume(tmp_path, corpus_file):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "charstream.train", "--data", str(corpus_file), "--units", "16",
