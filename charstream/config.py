@@ -49,7 +49,8 @@ class TrainConfig:
     dropout: float = _setting(0.0, "input dropout of each LSTM, in [0, 1)")
     recurrent_dropout: float = _setting(
         0.0, "recurrent dropout of each LSTM, in [0, 1) (non-zero disables cuDNN)")
-    batch_size: int = _setting(128, "windows per training step")
+    batch_size: int = _setting(
+        128, "windows per training step, per replica under --strategy mirrored or multiworker")
     epochs: int = _setting(8, "total epochs (with --resume: the total to reach)")
     samples: Optional[int] = _setting(
         None, "training windows per epoch, the first N of the training part; "

@@ -109,7 +109,7 @@ def check_agreement(strategy, what: str) -> None:
     """Fail unless every worker passes the same `what` (settings, corpus, epoch).
 
     Workers that disagree would train mirrored variables on different data or from
-    different checkpoints and silently diverge; one all-reduce at the start rules
+    different checkpoints and silently diverge; one all-gather at the start rules
     that out. Every worker must call this at the same point.
 
     Raises:
