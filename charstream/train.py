@@ -308,11 +308,11 @@ def train(config: TrainConfig, run_dir: Path, corpus: Corpus, initial_epoch: int
     import keras
 
     from .batches import split_starts
-    from .distribute import check_agreement, make_strategy, multiworker_keras, parse_tf_config
+    from .distribute import check_agreement, make_strategy, multiworker_keras
     from .model import build_training_model
 
     multiworker = config.strategy == "multiworker"
-    task = parse_tf_config() if multiworker else None
+    task = _task(config)
     writer = task is None or task.is_chief
     if multiworker:
         print(f"{task}: waiting for every worker in TF_CONFIG", flush=True)
