@@ -117,7 +117,11 @@ class WindowBatches(keras.utils.PyDataset):
     def __getitem__(self, index: int):
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} out of range for {len(self)} batches")
-        return onehot_batch(self.ids, self.batch_starts(index), self.seq_len, self.depth)
+        return self.build(self.batch_starts(index))
+
+    def build(self, starts: np.ndarray):
+        """`(X, Y)` for any window starts (a batch, or one replica's part of one)."""
+        return onehot_batch(self.ids, starts, self.seq_len, self.depth)
 
     def on_epoch_end(self) -> None:
         self.set_epoch(self.epoch + 1)
@@ -142,6 +146,6 @@ class Uint8WindowBatches(WindowBatches):
     """`WindowBatches` as `uint8` (the same bytes): for tf.distribute strategies,
     which sum per-replica inputs with `AddN`, an op with no bool kernel."""
 
-    def __getitem__(self, index: int):
-        X, Y = super().__getitem__(index)
+    def build(self, starts: np.ndarray):
+        X, Y = super().build(starts)
         return X.view(np.uint8), Y.view(np.uint8)

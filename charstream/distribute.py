@@ -182,8 +182,7 @@ def worker_dataset(strategy, ids: np.ndarray, starts: range, global_batch: int,
     """
     import tensorflow as tf
 
-    from .batches import WindowBatches
-    from .windows import onehot_batch
+    from .batches import Uint8WindowBatches
 
     replicas = strategy.num_replicas_in_sync
     steps, windows = shard_steps(len(starts), global_batch, replicas)
@@ -194,12 +193,10 @@ def worker_dataset(strategy, ids: np.ndarray, starts: range, global_batch: int,
         first = context.input_pipeline_id * local          # its first replica
 
         def chunks(epoch):  # one element per local replica per step
-            order = WindowBatches(ids, starts, global_batch, seq_len, depth,
-                                  shuffle=shuffle, seed=seed, epoch=int(epoch))
+            order = Uint8WindowBatches(ids, starts, global_batch, seq_len, depth,
+                                       shuffle=shuffle, seed=seed, epoch=int(epoch))
             for chunk in shard_starts(order, steps, replicas, first, local):
-                X, Y = onehot_batch(ids, chunk, seq_len, depth)
-                # uint8, the same bytes: tf.distribute has no bool AddN.
-                yield X.view(np.uint8), Y.view(np.uint8)
+                yield order.build(chunk)
 
         def epoch_dataset(epoch):
             return tf.data.Dataset.from_generator(chunks, output_signature=spec, args=(epoch,))

@@ -311,8 +311,8 @@ def train(config: TrainConfig, run_dir: Path, corpus: Corpus, initial_epoch: int
     from .distribute import check_agreement, make_strategy, multiworker_keras
     from .model import build_training_model
 
-    multiworker = config.strategy == "multiworker"
     task = _task(config)
+    multiworker = task is not None
     writer = task is None or task.is_chief
     if multiworker:
         print(f"{task}: waiting for every worker in TF_CONFIG", flush=True)
