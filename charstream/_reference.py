@@ -80,6 +80,19 @@ def onehot_batch(ids, starts, seq_len: int = 16, depth: int = 36):
     return X, Y
 
 
+def onehot_streams(ids, starts, seq_len: int = 16, depth: int = 36):
+    """Rows of a carried-state batch: one-hot inputs, the next id at every step."""
+    ids = np.asarray(ids)
+    n = len(starts)
+    X = np.zeros((n, seq_len, depth), dtype=np.float32)
+    Y = np.zeros((n, seq_len), dtype=np.int32)
+    for i, s in enumerate(starts):
+        for t in range(seq_len):
+            X[i, t, ids[s + t]] = 1.0
+            Y[i, t] = ids[s + t + 1]
+    return X, Y
+
+
 def onehot_windows_numpy(ids, seq_len: int = 16, depth: int = 36, stop=None):
     """The plain NumPy way: index an identity matrix with a sliding window view."""
     ids = np.asarray(ids)

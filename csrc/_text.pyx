@@ -9,7 +9,7 @@
 # Directives (language_level, boundscheck, wraparound) come from setup.py, where
 # CHARSTREAM_DEBUG=1 turns bounds checking back on.
 
-from libc.stdint cimport uint8_t, int16_t, int64_t, uint32_t
+from libc.stdint cimport uint8_t, int16_t, int32_t, int64_t, uint32_t
 from libc.string cimport memset
 from cpython.unicode cimport (
     PyUnicode_KIND, PyUnicode_DATA, PyUnicode_New, PyUnicode_1BYTE_DATA,
@@ -293,6 +293,41 @@ def _outputs(out, n, seq_len, depth):
     return X, Y, X.view(np.uint8).reshape(-1), Y.view(np.uint8).reshape(-1)
 
 
+def _checked_starts(starts, Py_ssize_t total, Py_ssize_t seq_len):
+    """`starts` as a contiguous int64 array, each window and its target inside ids."""
+    st = np.asarray(starts)
+    if st.dtype.kind not in "iu":
+        raise TypeError(f"starts must be an integer array, got dtype {st.dtype}")
+    if st.ndim != 1:
+        raise ValueError(f"starts must be 1-D, got shape {st.shape}")
+    cdef Py_ssize_t last = total - seq_len - 1
+    if st.size:
+        bad_st = np.flatnonzero((st < 0) | (st > last))
+        if bad_st.size:
+            k = int(bad_st[0])
+            raise ValueError(
+                f"starts[{k}] = {int(st[k])}: the window and its target run past "
+                f"the end of ids (expected 0 <= start <= {last} for {total} ids "
+                f"and seq_len {seq_len})")
+    return np.ascontiguousarray(st, dtype=np.int64)
+
+
+def _check_window_ids(arr, st, Py_ssize_t seq_len, Py_ssize_t depth):
+    """Raise for the first id >= depth that a window (or its target) reads."""
+    cdef const int64_t[::1] stv = st
+    cdef Py_ssize_t n = stv.shape[0], i, bad = -1
+    if not n:
+        return
+    cdef const uint8_t[::1] idv = arr
+    with nogil:
+        for i in range(n):
+            bad = _first_at_least(&idv[0], stv[i], stv[i] + seq_len + 1, depth)
+            if bad >= 0:
+                break
+    if bad >= 0:
+        _raise_out_of_range(arr, bad, depth)
+
+
 def _raise_out_of_range(ids, k, depth):
     raise ValueError(
         f"ids[{k}] = {int(ids[k])} is out of range for depth {depth} "
@@ -387,38 +422,79 @@ def onehot_batch(ids, starts, seq_len=16, depth=36, out=None):
     cdef Py_ssize_t c_seq, c_depth
     c_seq, c_depth = seq_len, depth = _check_sizes(seq_len, depth)
     arr = _as_ids(ids, depth)
-    st = np.asarray(starts)
-    if st.dtype.kind not in "iu":
-        raise TypeError(f"starts must be an integer array, got dtype {st.dtype}")
-    if st.ndim != 1:
-        raise ValueError(f"starts must be 1-D, got shape {st.shape}")
-    cdef Py_ssize_t total = arr.shape[0]
-    cdef Py_ssize_t last = total - seq_len - 1
-    if st.size:
-        bad_st = np.flatnonzero((st < 0) | (st > last))
-        if bad_st.size:
-            k = int(bad_st[0])
-            raise ValueError(
-                f"starts[{k}] = {int(st[k])}: the window and its target run past "
-                f"the end of ids (expected 0 <= start <= {last} for {total} ids "
-                f"and seq_len {seq_len})")
-    st = np.ascontiguousarray(st, dtype=np.int64)
+    st = _checked_starts(starts, arr.shape[0], seq_len)
     cdef const int64_t[::1] stv = st
     cdef Py_ssize_t n = st.shape[0]
     cdef const uint8_t[::1] idv = arr
-    cdef Py_ssize_t i, bad = -1
-    if n:
-        with nogil:
-            for i in range(n):
-                bad = _first_at_least(&idv[0], stv[i], stv[i] + c_seq + 1, c_depth)
-                if bad >= 0:
-                    break
-    if bad >= 0:
-        _raise_out_of_range(arr, bad, depth)
+    _check_window_ids(arr, st, seq_len, depth)
     X, Y, xv, yv = _outputs(out, n, seq_len, depth)
     cdef uint8_t[::1] xm = xv
     cdef uint8_t[::1] ym = yv
     if n:
         with nogil:
             _onehot(&idv[0], &stv[0], 0, n, c_seq, c_depth, &xm[0], &ym[0])
+    return X, Y
+
+
+# ---------------------------------------------------------------------------
+# Contiguous streams (carried-state training)
+# ---------------------------------------------------------------------------
+
+cdef void _onehot_streams(const uint8_t* ids, const int64_t* starts, Py_ssize_t n,
+                          Py_ssize_t seq_len, Py_ssize_t depth,
+                          float* X, int32_t* Y) noexcept nogil:
+    # Row i reads ids[s : s + seq_len + 1], s = starts[i]: step t's input is
+    # ids[s + t] (one-hot, float32: what the model consumes, so no cast runs in
+    # the graph) and its target the next id, ids[s + t + 1].
+    cdef Py_ssize_t i, t
+    cdef Py_ssize_t w = seq_len * depth
+    cdef float* x
+    cdef int32_t* y
+    cdef const uint8_t* src
+    for i in range(n):
+        src = ids + starts[i]
+        x = X + i * w
+        y = Y + i * seq_len
+        memset(x, 0, w * sizeof(float))
+        for t in range(seq_len):
+            x[t * depth + src[t]] = 1.0
+            y[t] = src[t + 1]
+
+
+def onehot_streams(ids, starts, seq_len=16, depth=36):
+    """One-hot inputs and next-id targets at every step of rows that start anywhere.
+
+    `X[i, t] = onehot(ids[starts[i] + t])` and `Y[i, t] = ids[starts[i] + t + 1]`:
+    batch `k` of carried-state training, whose row `s` continues row `s` of
+    batch `k - 1` (`starts` advanced by `seq_len`).
+
+    Args:
+        ids: 1-D integer array of symbol ids, each `< depth`.
+        starts: 1-D integer array of row starts, each with
+            `0 <= s <= len(ids) - seq_len - 1`.
+        seq_len: steps per row.
+        depth: one-hot width, 1 to 256.
+
+    Returns:
+        `(X, Y)`: `X` float32 `(len(starts), seq_len, depth)`, `Y` int32
+        `(len(starts), seq_len)`.
+
+    Raises:
+        TypeError, ValueError: as `onehot_batch`.
+    """
+    cdef Py_ssize_t c_seq, c_depth
+    c_seq, c_depth = seq_len, depth = _check_sizes(seq_len, depth)
+    arr = _as_ids(ids, depth)
+    st = _checked_starts(starts, arr.shape[0], seq_len)
+    cdef const int64_t[::1] stv = st
+    cdef Py_ssize_t n = st.shape[0]
+    cdef const uint8_t[::1] idv = arr
+    _check_window_ids(arr, st, seq_len, depth)
+    X = np.empty((n, seq_len, depth), dtype=np.float32)
+    Y = np.empty((n, seq_len), dtype=np.int32)
+    cdef float[:, :, ::1] xm = X
+    cdef int32_t[:, ::1] ym = Y
+    if n:
+        with nogil:
+            _onehot_streams(&idv[0], &stv[0], n, c_seq, c_depth, &xm[0, 0, 0], &ym[0, 0])
     return X, Y

@@ -1,10 +1,12 @@
-"""onehot_windows / onehot_batch against the reference loop, and every bad input."""
+"""onehot_windows / onehot_batch / onehot_streams against the reference loops, and every
+bad input."""
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from charstream import Vocabulary, onehot_batch, onehot_windows, translate
+from charstream.windows import onehot_streams
 from charstream import _reference as ref
 
 
@@ -81,6 +83,42 @@ def test_batch_equals_windows_at_the_same_starts():
     np.testing.assert_array_equal(Xb, X[starts])
     np.testing.assert_array_equal(Yb, Y[starts])
 
+
+
+@given(id_arrays(), st.data())
+def test_streams_equal_reference(arrays, data):
+    ids, seq_len, depth = arrays
+    last = len(ids) - seq_len - 1
+    starts = data.draw(st.lists(st.integers(0, last), max_size=40))
+    starts = np.array(starts, dtype=data.draw(st.sampled_from([np.int64, np.int32, np.uint32])))
+    X, Y = onehot_streams(ids, starts, seq_len, depth)
+    Xr, Yr = ref.onehot_streams(ids, starts, seq_len, depth)
+    assert X.dtype == np.float32 and Y.dtype == np.int32
+    assert X.shape == (len(starts), seq_len, depth) and Y.shape == (len(starts), seq_len)
+    np.testing.assert_array_equal(X, Xr)
+    np.testing.assert_array_equal(Y, Yr)
+
+
+def test_stream_rows_are_windows_with_a_target_at_every_step():
+    ids = np.random.default_rng(2).integers(0, 36, 300).astype(np.uint8)
+    X, Y = onehot_streams(ids, [0, 40, 283])
+    W, _ = onehot_windows(ids)
+    for i, s in enumerate([0, 40, 283]):
+        np.testing.assert_array_equal(X[i], W[s])
+        np.testing.assert_array_equal(Y[i], ids[s + 1:s + 17])
+
+
+@pytest.mark.parametrize("starts, error, match", [
+    ([284], ValueError, r"starts\[0\] = 284: the window and its target run past the end"),
+    ([0.0], TypeError, "starts must be an integer array"),
+])
+def test_streams_bad_input(starts, error, match):
+    ids = np.zeros(300, np.uint8)
+    with pytest.raises(error, match=match):
+        onehot_streams(ids, np.array(starts))
+    ids[20] = 36
+    with pytest.raises(ValueError, match=r"ids\[20\] = 36 is out of range for depth 36"):
+        onehot_streams(ids, [4])
 
 def test_window_values_follow_the_tutorial():
     vocab = Vocabulary.default()
