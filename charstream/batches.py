@@ -1,9 +1,16 @@
-"""The memory-lean input pipeline: one-hot batches built on demand.
+"""The memory-lean input pipelines: one-hot batches built on demand.
 
 The corpus stays a `uint8` id array (1 byte per character); each batch is built
-by the Cython `onehot_batch` kernel when Keras asks for it. Memory is O(batch),
-whatever the corpus size, instead of the tutorial's whole `(n, 16, 36)` tensor
-(642 MB for tiny Shakespeare).
+by a Cython kernel when Keras asks for it. Memory is O(batch), whatever the
+corpus size, instead of the tutorial's whole `(n, 16, 36)` tensor (642 MB for
+tiny Shakespeare).
+
+- `WindowBatches` (`--mode windows`): shuffled 16-step windows, one target each.
+- `StreamBatches` (`--mode stream`): the text as contiguous streams, a target at
+  every step, for a stateful model that carries its state from batch to batch.
+
+Both hand the model float32 one-hot inputs: the dtype it computes in, so no cast
+runs in the graph (a bool input also makes oneDNN print a fallback warning).
 """
 from __future__ import annotations
 
@@ -12,43 +19,46 @@ import math
 import keras
 import numpy as np
 
-from .windows import onehot_batch
+from .windows import onehot_batch, onehot_streams, split_starts, stream_length  # noqa: F401
 
 
-def split_starts(n_ids: int, seq_len: int, val_fraction: float) -> tuple[range, range]:
-    """Window starts for training and validation, from disjoint parts of the corpus.
+class _EpochOrdered(keras.utils.PyDataset):
+    """A PyDataset whose batch order is a function of `(seed, epoch)` alone, so a
+    resumed run sees the order an uninterrupted one would."""
 
-    The corpus is cut at `split = floor(n_ids * (1 - val_fraction))`. A training
-    window and its target lie wholly in `ids[:split]`, a validation window in the
-    contiguous tail `ids[split:]`, so no character is in both.
+    def __init__(self, seed: int, epoch: int):
+        super().__init__(workers=1, use_multiprocessing=False)
+        self.seed = seed
+        self.epoch = None
+        self.set_epoch(epoch)
 
-    Returns:
-        `(train_starts, val_starts)` as `range`s (no memory per window);
-        `val_starts` is empty when `val_fraction == 0`.
+    def set_epoch(self, epoch: int) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
 
-    Raises:
-        ValueError: if either part is too short for one window.
-    """
-    split = n_ids if val_fraction == 0 else int(n_ids * (1 - val_fraction))
-    n_train = split - seq_len
-    n_val = (n_ids - split) - seq_len if val_fraction else 0
-    if n_train < 1:
-        raise ValueError(
-            f"the training part has {split} characters, too few for one window of "
-            f"seq_len {seq_len} plus its target (need at least {seq_len + 1})")
-    if val_fraction and n_val < 1:
-        raise ValueError(
-            f"the validation part (val_fraction {val_fraction}) has {n_ids - split} "
-            f"characters, too few for one window of seq_len {seq_len} plus its target; "
-            "use a longer corpus, a larger --val-fraction, or --val-fraction 0")
-    return range(n_train), range(split, split + max(n_val, 0))
+    def on_epoch_end(self) -> None:
+        self.set_epoch(self.epoch + 1)
+
+    def epoch_callback(self) -> keras.callbacks.Callback:
+        """A callback for `fit` that gives epoch `e` the order of `(seed, e)` exactly.
+
+        `on_epoch_end` alone advances the order once per pass, but Keras also calls
+        it when `fit` starts (its epoch iterator resets before the first epoch), so
+        counting passes would be off by one; the callback names the epoch instead.
+        """
+        batches = self
+
+        class SetEpoch(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                batches.set_epoch(epoch)
+
+        return SetEpoch()
 
 
-class WindowBatches(keras.utils.PyDataset):
+class WindowBatches(_EpochOrdered):
     """Batches of one-hot windows `(X, Y)` for `model.fit`, built on demand.
 
     Batch `b` is `onehot_batch(ids, order[b * batch_size : (b + 1) * batch_size])`:
-    `X` bool `(batch, seq_len, depth)`, `Y` bool `(batch, depth)`; the last batch
+    `X` float32 `(batch, seq_len, depth)`, `Y` float32 `(batch, depth)`; the last batch
     may be smaller. Without `shuffle` the order is `starts` itself; with it, the
     order of epoch `e` is a permutation drawn from `(seed, e)` alone, so a resumed
     run sees the same order as an uninterrupted one.
@@ -74,7 +84,6 @@ class WindowBatches(keras.utils.PyDataset):
     def __init__(self, ids: np.ndarray, starts: range, batch_size: int,
                  seq_len: int, depth: int, shuffle: bool = False, seed: int = 0,
                  epoch: int = 0):
-        super().__init__(workers=1, use_multiprocessing=False)
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
         if not isinstance(starts, range) or starts.step != 1:
@@ -87,13 +96,12 @@ class WindowBatches(keras.utils.PyDataset):
         self.seq_len = seq_len
         self.depth = depth
         self.shuffle = shuffle
-        self.seed = seed
         self._perm = None
-        self.set_epoch(epoch)
+        super().__init__(seed, epoch)
 
     def set_epoch(self, epoch: int) -> None:
         """Fix the window order for `epoch`."""
-        if self._perm is not None and epoch == self.epoch:
+        if epoch == self.epoch:
             return
         self.epoch = epoch
         if self.shuffle:
@@ -120,32 +128,69 @@ class WindowBatches(keras.utils.PyDataset):
         return self.build(self.batch_starts(index))
 
     def build(self, starts: np.ndarray):
-        """`(X, Y)` for any window starts (a batch, or one replica's part of one)."""
-        return onehot_batch(self.ids, starts, self.seq_len, self.depth)
-
-    def on_epoch_end(self) -> None:
-        self.set_epoch(self.epoch + 1)
-
-    def epoch_callback(self) -> keras.callbacks.Callback:
-        """A callback for `fit` that gives epoch `e` the order of `(seed, e)` exactly.
-
-        `on_epoch_end` alone advances the order once per pass, but Keras also calls
-        it when `fit` starts (its epoch iterator resets before the first epoch), so
-        counting passes would be off by one; the callback names the epoch instead.
-        """
-        batches = self
-
-        class SetEpoch(keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch, logs=None):
-                batches.set_epoch(epoch)
-
-        return SetEpoch()
+        """`(X, Y)` float32 for any window starts (a batch, or one replica's part of one)."""
+        X, Y = onehot_batch(self.ids, starts, self.seq_len, self.depth)
+        return X.astype(np.float32), Y.astype(np.float32)
 
 
-class Uint8WindowBatches(WindowBatches):
-    """`WindowBatches` as `uint8` (the same bytes): for tf.distribute strategies,
-    which sum per-replica inputs with `AddN`, an op with no bool kernel."""
+class StreamBatches(_EpochOrdered):
+    """The training text as `batch_size` contiguous streams, `seq_len` steps a batch.
 
-    def build(self, starts: np.ndarray):
-        X, Y = super().build(starts)
-        return X.view(np.uint8), Y.view(np.uint8)
+    Epoch `e` starts the streams at an offset `off` in `[0, seq_len)` drawn from
+    `(seed, e)`, so the chunk boundaries move from epoch to epoch. Stream `s` is
+    `ids[off + s * L : off + (s + 1) * L + 1]`, `L` the same for every epoch (a
+    multiple of `seq_len`, the ragged end dropped), and batch `k` holds its steps
+    `[k * seq_len, (k + 1) * seq_len)`:
+
+        X[s, t] = onehot(ids[off + s * L + k * seq_len + t])   # (batch, seq_len, depth) float32
+        Y[s, t] = ids[off + s * L + k * seq_len + t + 1]       # (batch, seq_len) int32
+
+    so row `s` of batch `k + 1` continues row `s` of batch `k`: a stateful model
+    carries its state across them (and resets it when the epoch starts). Every
+    character of a stream but its first is a target once per epoch.
+
+    Args:
+        ids: `(n,)` `uint8` ids of the training text.
+        batch_size: streams.
+        seq_len: steps per batch (the truncation length of backpropagation).
+        depth: the vocabulary size.
+        seed: the offsets' seed.
+        epoch: the epoch the first iteration belongs to (`initial_epoch` on resume).
+
+    Raises:
+        ValueError: if the text is too short for `batch_size` streams of one batch.
+    """
+
+    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, depth: int,
+                 seed: int = 0, epoch: int = 0):
+        if batch_size < 1 or seq_len < 1:
+            raise ValueError(f"batch_size and seq_len must be positive integers, got "
+                             f"{batch_size} and {seq_len}")
+        self.ids = np.ascontiguousarray(ids, dtype=np.uint8)
+        self.batch_size, self.seq_len, self.depth = batch_size, seq_len, depth
+        self.stream_len = stream_length(len(self.ids), batch_size, seq_len)
+        self.offset = 0
+        super().__init__(seed, epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Fix the streams' offset for `epoch`."""
+        self.epoch = epoch
+        self.offset = int(np.random.default_rng([self.seed, epoch]).integers(self.seq_len))
+
+    def row_starts(self, index: int) -> np.ndarray:
+        """`(batch_size,)` int64: where each stream's steps of batch `index` begin."""
+        first = self.offset + index * self.seq_len
+        return first + self.stream_len * np.arange(self.batch_size, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return self.stream_len // self.seq_len
+
+    @property
+    def targets(self) -> int:
+        """Targets per epoch."""
+        return self.stream_len * self.batch_size
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} out of range for {len(self)} batches")
+        return onehot_streams(self.ids, self.row_starts(index), self.seq_len, self.depth)

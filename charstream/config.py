@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -23,6 +24,7 @@ CONFIG_VERSION = 1
 
 
 STRATEGIES = ("default", "mirrored", "multiworker")
+MODES = ("windows", "stream")
 
 
 class ConfigError(ValueError):
@@ -31,6 +33,38 @@ class ConfigError(ValueError):
 
 def _setting(default, help: str, **extra):
     return field(default=default, metadata={"help": help, **extra})
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([hms]?)")
+_UNIT = {"h": 3600, "m": 60, "s": 1, "": 1}
+
+
+def parse_samples(text: str) -> Optional[int]:
+    """`--samples`: a positive integer, or 'all' (None)."""
+    if text == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"expected a positive integer or 'all', got {text!r}")
+    return value
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as `90`, `90s`, `5m`, `1.5h` or `1h30m`.
+
+    Raises:
+        ValueError: quoting `text`, if it is not a positive duration.
+    """
+    parts = _DURATION.findall(text.strip().lower()) if isinstance(text, str) else []
+    if not parts or "".join(n + u for n, u in parts) != text.strip().lower():
+        raise ValueError(f"expected a duration such as 90s, 5m or 1h30m, got {text!r}")
+    seconds = sum(float(n) * _UNIT[u] for n, u in parts)
+    if not seconds > 0:
+        raise ValueError(f"expected a positive duration, got {text!r}")
+    return seconds
 
 
 @dataclass
@@ -43,25 +77,43 @@ class TrainConfig:
     reduce: bool = _setting(
         True, "lowercase and map to the tutorial's 36-character alphabet; "
         "--no-reduce trains on the corpus's raw characters (up to 256)")
-    seq_len: int = _setting(16, "characters per training window (the tutorial's 16)")
+    mode: str = _setting(
+        "stream", "stream: the text as --batch-size contiguous streams, --seq-len "
+        "characters of each per step, a target at every character, the LSTM state "
+        "carried from step to step (how the model streams); windows: the tutorial's "
+        "shuffled --seq-len windows, each from a zero state, one target each",
+        choices=MODES)
+    seq_len: int = _setting(
+        16, "characters per training window (windows) or per step of each stream "
+        "(stream: how far back gradients flow); the tutorial's 16")
     units: int = _setting(128, "LSTM width (the tutorial's 128)")
     layers: int = _setting(1, "stacked LSTM layers")
     dropout: float = _setting(0.0, "input dropout of each LSTM, in [0, 1)")
     recurrent_dropout: float = _setting(
         0.0, "recurrent dropout of each LSTM, in [0, 1) (non-zero disables cuDNN)")
     batch_size: int = _setting(
-        128, "windows per training step, per replica under --strategy mirrored or multiworker")
+        32, "stream: contiguous streams; windows: windows per training step, per "
+        "replica under --strategy mirrored or multiworker")
     epochs: int = _setting(8, "total epochs (with --resume: the total to reach)")
+    max_time: Optional[float] = _setting(
+        None, "stop training once this much time is spent (e.g. 90s, 5m, 1h30m; "
+        "counted across --resume) and finish the run as after its last epoch",
+        metavar="DURATION", parse=parse_duration, default_text="none")
     samples: Optional[int] = _setting(
-        None, "training windows per epoch, the first N of the training part; "
-        "'all' (the default) for every window", metavar="N|all")
+        None, "training data per epoch: windows, the first N windows of the training "
+        "part; stream, its first N characters; 'all' for everything", metavar="N|all",
+        parse=parse_samples, default_text="all")
     learning_rate: float = _setting(2e-3, "Adam learning rate (gradients clipped to [-1, 1])")
     lr_decay: bool = _setting(
-        True, "decay the learning rate linearly to 10%% of --learning-rate over the run")
+        True, "decay the learning rate linearly, step by step, to 10%% of "
+        "--learning-rate at the end of the run (at --epochs, or at --max-time if that "
+        "comes first)")
     val_fraction: float = _setting(
         0.1, "held-out fraction: the contiguous tail of the corpus, never trained on; "
         "0 turns validation off")
-    shuffle: bool = _setting(True, "shuffle the window order every epoch")
+    shuffle: bool = _setting(
+        True, "windows: shuffle the window order every epoch (stream mode moves the "
+        "streams' start by a seeded offset instead)")
     seed: int = _setting(0, "seed of the initial weights and the shuffle order")
     patience: int = _setting(
         0, "stop after this many epochs without a better validation loss, "
@@ -74,10 +126,17 @@ class TrainConfig:
     cpu_devices: int = _setting(
         0, "split the CPU into this many logical devices for --strategy mirrored "
         "(to try it on a machine without GPUs); 0 = the devices as they are")
+    unroll: Optional[bool] = _setting(
+        None, "unroll the LSTMs over --seq-len steps: faster on a CPU, but a GPU then "
+        "cannot use cuDNN", default_text="on when no GPU is visible")
+    steps_per_execution: int = _setting(
+        32, "training steps per call into the compiled graph (fewer Python round trips; "
+        "the same training)")
 
     def validate(self) -> "TrainConfig":
         """Raise `ConfigError` naming the first setting out of range."""
-        for name in ("seq_len", "units", "layers", "batch_size", "epochs"):
+        for name in ("seq_len", "units", "layers", "batch_size", "epochs",
+                     "steps_per_execution"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -100,6 +159,19 @@ class TrainConfig:
             raise ConfigError("patience needs validation data: val_fraction is 0")
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode == "stream" and self.strategy != "default":
+            # Each stream's state lives in one replica's variables; splitting a
+            # batch across replicas would need per-replica states and streams.
+            raise ConfigError(
+                f"--mode stream trains on one device: its carried LSTM states cannot be "
+                f"split across the replicas of --strategy {self.strategy}; use --mode "
+                "windows to train on several devices")
+        mt = self.max_time
+        if mt is not None and (isinstance(mt, bool) or not isinstance(mt, (int, float))
+                               or not math.isfinite(mt) or mt <= 0):
+            raise ConfigError(f"max_time must be a positive number of seconds or None, got {mt!r}")
         if (isinstance(self.cpu_devices, bool) or not isinstance(self.cpu_devices, int)
                 or self.cpu_devices < 0):
             raise ConfigError(f"cpu_devices must be a non-negative integer, got {self.cpu_devices!r}")
@@ -111,6 +183,8 @@ class TrainConfig:
         for name in ("reduce", "shuffle", "lr_decay"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.unroll is not None and not isinstance(self.unroll, bool):
+            raise ConfigError(f"unroll must be true, false or null, got {self.unroll!r}")
         return self
 
     def replace(self, **changes) -> "TrainConfig":
@@ -121,8 +195,8 @@ class TrainConfig:
 PRESETS: dict[str, dict] = {
     # The tutorial exactly: its first 200,000 windows in order, batch 32, 10 epochs,
     # Adam(1e-3) without decay. The held-out tail is still scored.
-    "tutorial": dict(samples=200_000, batch_size=32, epochs=10, learning_rate=1e-3,
-                     lr_decay=False, shuffle=False),
+    "tutorial": dict(mode="windows", seq_len=16, samples=200_000, batch_size=32,
+                     epochs=10, learning_rate=1e-3, lr_decay=False, shuffle=False),
 }
 
 

@@ -182,18 +182,19 @@ def worker_dataset(strategy, ids: np.ndarray, starts: range, global_batch: int,
     """
     import tensorflow as tf
 
-    from .batches import Uint8WindowBatches
+    from .batches import WindowBatches
 
     replicas = strategy.num_replicas_in_sync
     steps, windows = shard_steps(len(starts), global_batch, replicas)
-    spec = (tf.TensorSpec((None, seq_len, depth), tf.uint8), tf.TensorSpec((None, depth), tf.uint8))
+    spec = (tf.TensorSpec((None, seq_len, depth), tf.float32),
+            tf.TensorSpec((None, depth), tf.float32))
 
     def dataset_fn(context):
         local = replicas // context.num_input_pipelines   # replicas on this worker
         first = context.input_pipeline_id * local          # its first replica
 
         def chunks(epoch):  # one element per local replica per step
-            order = Uint8WindowBatches(ids, starts, global_batch, seq_len, depth,
+            order = WindowBatches(ids, starts, global_batch, seq_len, depth,
                                        shuffle=shuffle, seed=seed, epoch=int(epoch))
             for chunk in shard_starts(order, steps, replicas, first, local):
                 yield order.build(chunk)

@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reprime-every", type=int, default=None, metavar="K",
                         help="with --evaluate: reset and re-prime from the last "
                              "seq_len characters every K characters")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's start-up messages too (or set "
+                             "CHARSTREAM_VERBOSE=1)")
     return parser
 
 
@@ -51,7 +54,12 @@ def main(argv=None) -> int:
     if args.length < 0:
         print(f"{PROG}: error: --length must be >= 0, got {args.length}", file=sys.stderr)
         return 2
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.verbose:
+        os.environ["CHARSTREAM_VERBOSE"] = "1"
+    if args.backend == "keras" or args.evaluate:
+        from ._quiet import start_tensorflow
+
+        start_tensorflow()
     from .stream import StreamGenerator, evaluate_stream
 
     try:

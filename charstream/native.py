@@ -1,8 +1,9 @@
 """The native stream backend and its weights file, `stream.npz`. No TensorFlow.
 
 `python -m charstream.train` writes `stream.npz` beside `model.keras`: the
-inference copy's float32 weights, taken with `layer.get_weights()` after the
-weight transfer, so the native backend can stream without importing Keras.
+model's float32 weights, read with `layer.get_weights()`
+(`charstream.model.stream_weights`), so the native backend can stream without
+importing Keras.
 
 Format (version 1), a NumPy `.npz` read with `allow_pickle=False`:
 
@@ -30,24 +31,15 @@ STREAM_VERSION = 1
 STREAM_FILE = "stream.npz"
 
 
-def inference_weights(inference_model) -> dict:
-    """`{"lstms": [(kernel, recurrent, bias), ...], "dense": (W, b)}` of an inference
-    copy, as `layer.get_weights()` gives them: what `NativeLSTM` takes."""
-    from .model import lstm_layers
-
-    return {"lstms": [tuple(layer.get_weights()) for layer in lstm_layers(inference_model)],
-            "dense": tuple(inference_model.layers[-1].get_weights())}
-
-
-def export_stream_weights(inference_model, path: str | os.PathLike, seq_len: int) -> None:
-    """Write an inference copy's weights as `stream.npz`, atomically.
+def export_stream_weights(weights: dict, path: str | os.PathLike, seq_len: int) -> None:
+    """Write a model's weights as `stream.npz`, atomically.
 
     Args:
-        inference_model: from `build_inference_model`.
+        weights: `{"lstms": [(kernel, recurrent, bias), ...], "dense": (W, b)}`, as
+            `charstream.model.stream_weights` reads them out of a Keras model.
         path: the file to write.
         seq_len: the training window length (recorded for evaluation).
     """
-    weights = inference_weights(inference_model)
     arrays = {}
     for k, (kernel, recurrent, bias) in enumerate(weights["lstms"], start=1):
         arrays[f"lstm_{k}_kernel"] = kernel
@@ -115,7 +107,7 @@ class NativeBackend:
     character runs every layer, the softmax and the sampling without the GIL.
 
     Args:
-        weights: as `load_stream_weights` returns, or built from a Keras model.
+        weights: as `load_stream_weights` returns, or `charstream.model.stream_weights`.
         batch: independent streams.
         source: where the weights came from, for error messages.
     """
@@ -131,14 +123,6 @@ class NativeBackend:
             raise ValueError(f"{source}: {err}") from None
         self.batch = batch
         self.depth = self.net.depth
-
-    @classmethod
-    def from_keras(cls, train_model, batch: int = 1) -> "NativeBackend":
-        """Weights from a Keras training model, through its inference copy."""
-        from .model import build_inference_model
-
-        return cls(inference_weights(build_inference_model(train_model)), batch,
-                   source="the Keras model")
 
     def reset(self, rows=None) -> None:
         self.net.reset(rows)

@@ -256,9 +256,11 @@ class StreamGenerator:
         if backend == "keras":
             engine = KerasBackend(train_model, batch_size)
         elif backend == "native":
+            from .model import stream_weights
             from .native import NativeBackend
 
-            engine = NativeBackend.from_keras(train_model, batch_size)
+            engine = NativeBackend(stream_weights(train_model), batch_size,
+                                   source="the Keras model")
         else:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         return cls(engine, vocab, reduce)
@@ -495,13 +497,14 @@ def evaluate_stream(run_dir: str | os.PathLike, text: str | None = None,
                     reprime_every: int | None = None, backend: str = "keras") -> dict:
     """Held-out loss of the run two ways: windowed (as trained) and streamed.
 
-    (a) `window_*`: the training model on every `seq_len`-character window of
-        `text`, from a zero state, predicting the character after it.
+    (a) `window_*`: the model on every `seq_len`-character window of `text`, from
+        a zero state, predicting the character after it.
     (b) `stream_*`: the stateful stream run continuously over `text`, each
         character scored given everything before it. With `reprime_every=K`, the
         state is reset every K characters and re-primed from the last `seq_len`.
 
-    Both score the same characters (`text[seq_len:]`).
+    Both score the same characters (`text[seq_len:]`); `seq_len` is the run's
+    (the window of `--mode windows`, the chunk of `--mode stream`).
 
     Args:
         run_dir: a trained run.
@@ -514,35 +517,64 @@ def evaluate_stream(run_dir: str | os.PathLike, text: str | None = None,
         "reprime_every"}`.
     """
     from .batches import WindowBatches
+    from .model import windowed_copy
 
     model, vocab, reduce = load_run(run_dir)
+    seq_len = read_run_config(run_dir)["settings"].seq_len
     if text is None:
         text = held_out_text(run_dir)
-    if reprime_every is not None and (not isinstance(reprime_every, int) or reprime_every < 1):
+    if reprime_every is not None and (isinstance(reprime_every, bool)
+                                      or not isinstance(reprime_every, int) or reprime_every < 1):
         raise ValueError(f"reprime_every must be a positive integer, got {reprime_every!r}")
-    seq_len = model.input_shape[1]
     gen = StreamGenerator.from_model(model, vocab, reduce, backend=backend)
     ids = gen.encode(text)
     if len(ids) < seq_len + 1:
         raise ValueError(f"text has {len(ids)} characters; scoring needs more than {seq_len}")
 
+    windowed = windowed_copy(model, seq_len)
     starts = range(len(ids) - seq_len)
-    probs = model.predict(WindowBatches(ids, starts, 1024, seq_len, vocab.size), verbose=0)
+    probs = windowed.predict(WindowBatches(ids, starts, 1024, seq_len, vocab.size), verbose=0)
     targets = ids[seq_len:]
     window = -np.log(np.maximum(probs[np.arange(len(targets)), targets], 1e-12)).mean()
-
-    gen.reset()
-    total = 0.0
-    p = gen._probs1(int(ids[0]))
-    for k in range(1, len(ids)):
-        if k >= seq_len:
-            total -= math.log(max(p[ids[k]], 1e-12))
-        if reprime_every and k >= seq_len and k % reprime_every == 0:
-            gen.reset()
-            for j in range(k - seq_len + 1, k):
-                gen._probs1(int(ids[j]))
-        p = gen._probs1(int(ids[k]))
-    stream = total / len(targets)
+    stream = stream_nll(gen, ids, seq_len, reprime_every).mean()
     return {"characters": int(len(targets)), "window_nats": float(window),
             "window_bits": float(window / math.log(2)), "stream_nats": float(stream),
             "stream_bits": float(stream / math.log(2)), "reprime_every": reprime_every}
+
+
+def stream_nll(gen: "StreamGenerator", ids: np.ndarray, seq_len: int,
+               reprime_every: int | None = None) -> np.ndarray:
+    """`-log p(ids[k] | ids[:k])` for `k >= seq_len`, from one stream started at `ids[0]`.
+
+    With `reprime_every=K` the state is reset at every multiple of K and re-fed the
+    `seq_len - 1` characters before it. The native backend scores each unbroken
+    run of characters in one C call (`NativeLSTM.score`); the Keras backend steps.
+
+    Returns:
+        float64 `(len(ids) - seq_len,)`.
+    """
+    n = len(ids)
+    cuts = ([k for k in range(seq_len, n - 1) if k % reprime_every == 0]
+            if reprime_every else [])
+    pieces, begin = [], 0
+    for end in cuts + [n - 1]:
+        # Feed ids[begin:end] from a zero state and score ids[begin + seq_len : end + 1]:
+        # the first piece from the text's start, the others re-primed with the
+        # seq_len - 1 characters before the cut.
+        gen.reset()
+        pieces.append(_score(gen, ids[begin:end + 1])[seq_len - 1:])
+        begin = end - seq_len + 1
+    return np.concatenate(pieces)
+
+
+def _score(gen: "StreamGenerator", ids: np.ndarray) -> np.ndarray:
+    """`nll[j] = -log p(ids[j + 1] | ids[:j + 1])` from the current (reset) state."""
+    net = getattr(gen.backend, "net", None)
+    if net is not None:
+        gen.steps += max(len(ids) - 1, 0)
+        return net.score(ids)[0]
+    nll = np.empty(max(len(ids) - 1, 0))
+    for k in range(len(ids) - 1):
+        p = gen._probs1(int(ids[k]))
+        nll[k] = -math.log(max(p[ids[k + 1]], 1e-12))
+    return nll

@@ -4,6 +4,7 @@
 # softmax and the sampling for all streams of the batch.
 
 from libc.stdint cimport int32_t
+from libc.math cimport log
 from libc.stdlib cimport calloc, free
 
 import numpy as np
@@ -276,6 +277,53 @@ cdef class NativeLSTM:
                 cs_step(&self.net, &cid, &self._logits[0, 0], &s)
                 cid = ov[i]
         return out
+
+    def score(self, ids):
+        """Feed `ids[0 .. n-2]` to the stream (batch 1), from its current state, and
+        score each next id: what a continuous stream's held-out loss is made of.
+
+        Returns:
+            `(nll, hit)`: float64 `(n - 1,)` with `nll[k] = -log p(ids[k + 1])`
+            (p clipped below at 1e-12) and bool `(n - 1,)`, whether `ids[k + 1]`
+            was the most likely id (the first maximum).
+        """
+        arr = self._ids_1d(ids)
+        cdef Py_ssize_t n = arr.shape[0], k
+        nll = np.zeros(max(n - 1, 0), np.float64)
+        hit = np.zeros(max(n - 1, 0), np.bool_)
+        if n < 2:
+            return nll, hit
+        cdef const int32_t[::1] iv = arr
+        cdef double[::1] nv = nll
+        cdef unsigned char[::1] hv = hit.view(np.uint8)
+        cdef double* p = &self._p[0, 0]
+        cdef float* logits = &self._logits[0, 0]
+        cdef int d = self.net.depth, j, best
+        with nogil:
+            for k in range(n - 1):
+                cs_step(&self.net, &iv[k], logits, NULL)
+                cs_softmax(logits, d, 1.0, p)
+                nv[k] = -log(p[iv[k + 1]] if p[iv[k + 1]] > 1e-12 else 1e-12)
+                best = 0
+                for j in range(1, d):
+                    if logits[j] > logits[best]:
+                        best = j
+                hv[k] = best == iv[k + 1]
+        return nll, hit
+
+    cdef _ids_1d(self, ids):
+        """`ids` as a checked contiguous int32 array for a single stream."""
+        if self.net.batch != 1:
+            raise ValueError(f"score needs batch 1, this net has batch {self.net.batch}")
+        arr = np.asarray(ids)
+        if arr.dtype.kind not in "iu":
+            raise TypeError(f"ids must be integers, got dtype {arr.dtype}")
+        if arr.ndim != 1:
+            raise ValueError(f"ids must be 1-D, got shape {arr.shape}")
+        if arr.size and (arr.min() < 0 or arr.max() >= self.depth):
+            k = int(np.flatnonzero((arr < 0) | (arr >= self.depth))[0])
+            raise ValueError(f"ids[{k}] = {arr[k]} is out of range for depth {self.depth}")
+        return np.ascontiguousarray(arr, dtype=np.int32)
 
     cpdef step_sample_into(self, const int32_t[::1] ids, double temperature, int top_k,
                            const double[::1] u, int32_t[::1] out):

@@ -49,12 +49,25 @@ def corpus_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, corpus_file) -> Path:
-    """One tiny run, trained in-process once and shared by the stream tests."""
+    """One tiny windows-mode run, trained in-process once and shared by the stream tests."""
     from charstream import train
 
     run = tmp_path_factory.mktemp("runs") / "tiny"
-    rc = train.main(["--data", str(corpus_file), "--units", "24", "--epochs", "2",
-                     "--batch-size", "64", "--learning-rate", "0.01", "--samples", "4000",
+    rc = train.main(["--data", str(corpus_file), "--mode", "windows", "--units", "24",
+                     "--epochs", "2", "--batch-size", "64", "--learning-rate", "0.01",
+                     "--samples", "4000", "--out", str(run), "--sample-length", "30"])
+    assert rc == 0
+    return run
+
+
+@pytest.fixture(scope="session")
+def stream_run(tmp_path_factory, corpus_file) -> Path:
+    """One tiny stream-mode run (a stateful (8, 16, 36) training model)."""
+    from charstream import train
+
+    run = tmp_path_factory.mktemp("runs") / "tiny-stream"
+    rc = train.main(["--data", str(corpus_file), "--mode", "stream", "--units", "24",
+                     "--epochs", "3", "--batch-size", "8", "--learning-rate", "0.01",
                      "--out", str(run), "--sample-length", "30"])
     assert rc == 0
     return run

@@ -73,13 +73,19 @@ def test_too_short_corpus(n, frac, match):
         split_starts(n, 16, frac)
 
 
-def test_fit_trains_epoch_e_on_the_order_of_seed_and_e():
+@pytest.mark.parametrize("steps_per_execution", [1, 32])
+@pytest.mark.parametrize("kind", ["windows", "streams"])
+def test_fit_trains_epoch_e_on_the_order_of_seed_and_e(kind, steps_per_execution):
     # Keras resets its epoch iterator (calling on_epoch_end) before the first
     # epoch, so counting passes alone would train epoch 0 on epoch 1's order; the
     # epoch callback pins it. Each batch records the epoch whose order it came from.
     import keras
 
-    class Recording(WindowBatches):
+    from charstream.batches import StreamBatches
+
+    base = WindowBatches if kind == "windows" else StreamBatches
+
+    class Recording(base):
         seen = []
 
         def __getitem__(self, index):
@@ -87,11 +93,22 @@ def test_fit_trains_epoch_e_on_the_order_of_seed_and_e():
             return super().__getitem__(index)
 
     ids = np.random.default_rng(1).integers(0, 36, 200).astype(np.uint8)
-    data = Recording(ids, range(100), 50, 16, 36, shuffle=True, seed=1, epoch=2)
-    model = keras.Sequential([keras.Input((16, 36)), keras.layers.Flatten(),
-                              keras.layers.Dense(36, activation="softmax")])
-    model.compile(loss="categorical_crossentropy", optimizer="sgd")
+    if kind == "windows":
+        data = Recording(ids, range(100), 50, 16, 36, shuffle=True, seed=1, epoch=2)
+        inputs = keras.Input((16, 36))
+        loss = "categorical_crossentropy"
+    else:
+        data = Recording(ids, 2, 16, 36, seed=1, epoch=2)          # 5 batches an epoch
+        inputs = keras.Input(batch_shape=(2, 16, 36))
+        loss = "sparse_categorical_crossentropy"
+    outputs = keras.layers.Dense(36, activation="softmax")(
+        keras.layers.Flatten()(inputs) if kind == "windows" else inputs)
+    model = keras.Model(inputs, outputs)
+    model.compile(loss=loss, optimizer="sgd", steps_per_execution=steps_per_execution)
+    Recording.seen.clear()
     model.fit(data, epochs=4, initial_epoch=2, verbose=0, shuffle=False,
               callbacks=[data.epoch_callback()])
-    # (Keras also reads batch 0 once up front to learn the shapes.)
-    assert data.seen[-4:] == [2, 2, 3, 3] and set(data.seen) == {2, 3}
+    # (Keras may also read batch 0 up front to learn the shapes.)
+    per_epoch = len(data)
+    assert data.seen[-2 * per_epoch:] == [2] * per_epoch + [3] * per_epoch
+    assert set(data.seen) == {2, 3}

@@ -20,7 +20,7 @@ from charstream.distribute import parse_tf_config
 TOLERANCE = 1e-4
 # A tiny model; 4096 windows make an epoch of 128 steps of 32 (seconds, long
 # enough to kill a worker in the middle of one).
-TINY = ["--units", "16", "--samples", "4096", "--epochs", "3", "--learning-rate", "0.01",
+TINY = ["--mode", "windows", "--units", "16", "--samples", "4096", "--epochs", "3", "--learning-rate", "0.01",
         "--seed", "3", "--sample-length", "0"]
 
 
@@ -219,14 +219,14 @@ def test_bad_strategy_settings(tmp_path, capsys, monkeypatch):
     assert train.main(["--cpu-devices", "-1", "--out", str(tmp_path / "r")]) == 2
     assert "cpu_devices must be a non-negative integer, got -1" in capsys.readouterr().err
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    assert train.main(["--strategy", "multiworker", "--out", str(tmp_path / "r")]) == 2
+    multiworker = ["--mode", "windows", "--strategy", "multiworker"]
+    assert train.main([*multiworker, "--out", str(tmp_path / "r")]) == 2
     assert "needs the TF_CONFIG environment variable" in capsys.readouterr().err
     monkeypatch.setenv("TF_CONFIG", json.dumps(
         {"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 0}}))
-    assert train.main(["--strategy", "multiworker"]) == 2
+    assert train.main(multiworker) == 2
     assert "--strategy multiworker needs --out DIR" in capsys.readouterr().err
-    assert train.main(["--strategy", "multiworker", "--cpu-devices", "2",
-                       "--out", str(tmp_path / "r")]) == 2
+    assert train.main([*multiworker, "--cpu-devices", "2", "--out", str(tmp_path / "r")]) == 2
     assert "cpu_devices 2 applies to --strategy mirrored, not multiworker" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 

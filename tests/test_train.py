@@ -12,7 +12,10 @@ import pytest
 from charstream import train
 from charstream.config import PRESETS, TrainConfig
 
-TINY = ["--units", "16", "--batch-size", "64", "--samples", "1000", "--sample-length", "0"]
+TINY = ["--mode", "windows", "--units", "16", "--batch-size", "64", "--samples", "1000",
+        "--sample-length", "0"]
+# 8 streams of 1,312 characters of the 10,636-character training part: 82 steps an epoch.
+STREAM_TINY = ["--mode", "stream", "--units", "16", "--batch-size", "8", "--sample-length", "0"]
 
 
 def _rows(run):
@@ -20,42 +23,48 @@ def _rows(run):
         return list(csv.DictReader(fh))
 
 
-def test_run_directory_contents(trained_run, corpus_file):
+@pytest.mark.parametrize("fixture", ["trained_run", "stream_run"])
+def test_run_directory_contents(request, fixture, corpus_file):
+    trained_run = request.getfixturevalue(fixture)
+    epochs = 2 if fixture == "trained_run" else 3
     names = {p.name for p in trained_run.iterdir()}
     assert {"model.keras", "vocab.json", "config.json", "checkpoints", "history.csv",
             "history.png", "summary.json", "sample.txt"} <= names
     assert not [n for n in names if n.endswith(".tmp") or n.startswith(".")]
     assert sorted(p.name for p in (trained_run / "checkpoints").iterdir()) == [
-        "epoch-0001.keras", "epoch-0002.keras"]
+        f"epoch-{e:04d}.keras" for e in range(1, epochs + 1)]
     doc = json.loads((trained_run / "config.json").read_text())
-    assert doc["settings"]["units"] == 24 and doc["settings"]["epochs"] == 2
+    assert doc["settings"]["units"] == 24 and doc["settings"]["epochs"] == epochs
     assert set(doc["settings"]) == set(TrainConfig.__dataclass_fields__)
     from charstream.text import file_sha256
 
     assert doc["corpus"]["sha256"] == file_sha256(corpus_file)
     assert doc["corpus"]["path"] == str(corpus_file.resolve())
     assert doc["charstream_version"]
-    assert [r["epoch"] for r in _rows(trained_run)] == ["0", "1"]
+    assert [r["epoch"] for r in _rows(trained_run)] == [str(e) for e in range(epochs)]
     assert (trained_run / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((trained_run / "summary.json").read_text())
-    assert summary["epochs"] == 2
+    assert summary["epochs"] == epochs and summary["ended_by"] == "epochs"
+    assert summary["mode"] == doc["settings"]["mode"]
     assert summary["val_bits_per_char"] == pytest.approx(summary["val_loss"] / np.log(2))
     assert len((trained_run / "sample.txt").read_text()) == 30
 
 
-def test_learns_a_small_repetitive_corpus(tmp_path, capsys):
+@pytest.mark.parametrize("mode, batch", [("windows", "32"), ("stream", "4")])
+def test_learns_a_small_repetitive_corpus(tmp_path, capsys, mode, batch):
     path = tmp_path / "abc.txt"
     path.write_text("the cat sat on the mat.\n" * 300)
-    rc = train.main(["--data", str(path), "--units", "32", "--epochs", "4", "--batch-size", "32",
-                     "--learning-rate", "0.01", "--out", str(tmp_path / "run"),
-                     "--sample-length", "0"])
+    rc = train.main(["--data", str(path), "--mode", mode, "--units", "32", "--epochs", "4",
+                     "--batch-size", batch, "--learning-rate", "0.01",
+                     "--out", str(tmp_path / "run"), "--sample-length", "0"])
     assert rc == 0
     rows = _rows(tmp_path / "run")
     first, last = float(rows[0]["loss"]), float(rows[-1]["loss"])
     assert last < 0.2 < first  # ln(36) = 3.58 untrained; the text is deterministic
     assert float(rows[-1]["val_accuracy"]) > 0.95
     out = capsys.readouterr().out
-    assert "validation loss" in out and "bits/char" in out and "samples/s" in out
+    unit = "windows/s" if mode == "windows" else "targets/s"
+    assert "validation loss" in out and "bits/char" in out and unit in out
 
 
 def test_resume_continues_at_the_right_epoch(tmp_path, corpus_file, capsys):
@@ -75,26 +84,43 @@ def test_resume_continues_at_the_right_epoch(tmp_path, corpus_file, capsys):
     assert "already trained for 3 epochs" in capsys.readouterr().err
 
 
-def test_a_resumed_run_replays_the_uninterrupted_one(tmp_path, corpus_file):
-    # The window order of each epoch comes from (seed, epoch) alone, and Keras does
-    # not reshuffle batches on top, so stopping after epoch 1 and resuming gives the
-    # same epoch 2 as training straight through.
-    common = ["--data", str(corpus_file), *TINY, "--seed", "4"]
-    assert train.main([*common, "--epochs", "2", "--out", str(tmp_path / "straight")]) == 0
-    assert train.main([*common, "--epochs", "1", "--out", str(tmp_path / "split")]) == 0
-    assert train.main(["--resume", str(tmp_path / "split"), "--epochs", "2",
-                       "--sample-length", "0"]) == 0
+@pytest.mark.parametrize("settings", [TINY, STREAM_TINY], ids=["windows", "stream"])
+def test_a_resumed_run_replays_the_uninterrupted_one(tmp_path, corpus_file, settings,
+                                                    monkeypatch):
+    # The order of each epoch (windows: the shuffle; stream: the streams' offset)
+    # comes from (seed, epoch) alone, Keras does not reshuffle batches on top,
+    # stream states restart with every epoch, and the learning rate is a function
+    # of the step, so a run interrupted after epoch 1 and resumed trains the same
+    # epoch 2 as one trained straight through.
+    from charstream.callbacks import Checkpoint
+
+    common = ["--data", str(corpus_file), *settings, "--seed", "4", "--epochs", "2"]
+    assert train.main([*common, "--out", str(tmp_path / "straight")]) == 0
+    save = Checkpoint.on_epoch_end
+
+    def interrupted(self, epoch, logs=None):  # Ctrl-C right after epoch 1's checkpoint
+        save(self, epoch, logs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checkpoint, "on_epoch_end", interrupted)
+    assert train.main([*common, "--out", str(tmp_path / "split")]) == 130
+    monkeypatch.setattr(Checkpoint, "on_epoch_end", save)
+    assert train.main(["--resume", str(tmp_path / "split"), "--sample-length", "0"]) == 0
     straight, split = _rows(tmp_path / "straight"), _rows(tmp_path / "split")
-    for key in ("loss", "val_loss"):
+    assert [r["epoch"] for r in split] == ["0", "1"]
+    for key in ("loss", "val_loss", "learning_rate"):
         assert [float(r[key]) for r in split] == pytest.approx(
             [float(r[key]) for r in straight], rel=1e-5)
 
 
-def test_resume_after_sigkill_mid_epoch(tmp_path, corpus_file):
+@pytest.mark.parametrize("settings", [
+    ["--mode", "windows", "--batch-size", "8", "--samples", "8000"],    # 1,000 steps an epoch
+    ["--mode", "stream", "--batch-size", "1", "--seq-len", "4"],         # 2,655 steps an epoch
+], ids=["windows", "stream"])
+def test_resume_after_sigkill_mid_epoch(tmp_path, corpus_file, settings):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "charstream.train", "--data", str(corpus_file), "--units", "16",
-           "--batch-size", "8", "--samples", "8000", "--epochs", "4", "--out", str(run),
-           "--sample-length", "0"]
+           *settings, "--epochs", "4", "--out", str(run), "--sample-length", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
@@ -137,7 +163,8 @@ def test_a_swallowed_interrupt_still_stops_training_at_the_next_batch(tmp_path):
 def test_sigint_stops_cleanly_and_says_how_to_resume(tmp_path, corpus_file):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "charstream.train", "--data", str(corpus_file), "--units", "16",
-           "--batch-size", "8", "--samples", "8000", "--epochs", "5", "--out", str(run)]
+           "--mode", "windows", "--batch-size", "8", "--samples", "8000", "--epochs", "5",
+           "--out", str(run)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (run / "checkpoints" / "epoch-0001.keras").exists() and time.time() < deadline:
@@ -265,7 +292,7 @@ def test_same_seed_same_initial_weights(corpus_file):
 
 def test_auto_resume_continues_the_run_in_out_or_starts_it(tmp_path, corpus_file, capsys):
     run = tmp_path / "run"
-    command = ["--data", str(corpus_file), "--units", "8", "--samples", "256",
+    command = ["--data", str(corpus_file), "--mode", "windows", "--units", "8", "--samples", "256",
                "--batch-size", "64", "--sample-length", "0", "--out", str(run), "--auto-resume"]
     assert train.main(command + ["--epochs", "1"]) == 0    # nothing there yet: a new run
     assert f"writing {run}" in capsys.readouterr().out
