@@ -18,12 +18,16 @@ from charstream import _reference as ref
 SHARED_CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare.txt"
 
 
-def _corpus_text() -> str:
+def _corpus_path() -> Path:
+    """$CHARSTREAM_DATA, else ../shared beside the checkout, else tiny Shakespeare
+    downloaded and cached by Keras."""
     env = os.environ.get("CHARSTREAM_DATA")
     path = Path(env) if env else SHARED_CORPUS
-    if path.is_file():
-        return path.read_text(encoding="utf-8")
-    return charstream.load_corpus()  # downloads and caches tiny Shakespeare
+    return path if path.is_file() else charstream.text.corpus_path()
+
+
+def _corpus_text() -> str:
+    return charstream.load_corpus(_corpus_path())
 
 
 @pytest.fixture(scope="session")
@@ -60,28 +64,37 @@ ENCODE_CONTENDERS = {
 }
 
 
+# Settings of the carried-state training step (bench_train.py); "charstream" is
+# what `python -m charstream.train` uses on a machine without a GPU.
+TRAIN_CONTENDERS = {
+    "plain-fit": dict(unroll=False, steps_per_execution=1),
+    "steps_per_execution=32": dict(unroll=False, steps_per_execution=32),
+    "charstream (spe=32, unroll)": dict(unroll=True, steps_per_execution=32),
+    "XLA (spe=32, jit_compile)": dict(unroll=False, steps_per_execution=32, jit_compile=True),
+}
+
+
 def record_rate(benchmark, amount: float, unit: str) -> None:
     """Store `amount / median seconds` in the JSON and the table (e.g. GB/s)."""
     benchmark.extra_info[unit] = round(amount / benchmark.stats.stats.median, 3)
 
 
 @pytest.fixture(scope="session")
-def random_run(tmp_path_factory):
+def random_run(tmp_path_factory, corpus):
     """A run directory holding the default model with random weights (speed does
-    not depend on the weights): model.keras, stream.npz, vocab.json, config.json."""
+    not depend on the weights): config.json, vocab.json, model.keras, stream.npz."""
     import keras
 
-    from charstream.config import TrainConfig, write_run_config
-    from charstream.model import build_inference_model, build_training_model
-    from charstream.native import STREAM_FILE, export_stream_weights
+    from charstream.config import TrainConfig
+    from charstream.model import build_training_model, stream_weights
+    from charstream.native import export_stream_weights
+    from charstream.run import RunDir, read_corpus
 
-    run = tmp_path_factory.mktemp("bench") / "run"
-    run.mkdir()
+    run = RunDir(tmp_path_factory.mktemp("bench") / "run")
+    config = TrainConfig(data=str(_corpus_path()))
+    run.create(config, read_corpus(config))
     keras.utils.set_random_seed(0)
     model = build_training_model()
-    model.save(run / "model.keras")
-    export_stream_weights(build_inference_model(model), run / STREAM_FILE, 16)
-    charstream.Vocabulary.default().save(run / "vocab.json")
-    write_run_config(run / "config.json", TrainConfig(),
-                     {"path": "random", "sha256": "", "characters": 0}, 36)
-    return run
+    model.save(run.model_file)
+    export_stream_weights(stream_weights(model), run.stream_file, 16)
+    return run.path

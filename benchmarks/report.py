@@ -12,7 +12,7 @@ import sys
 # The contender each group is compared with.
 REFERENCES = {
     "python-translate", "numpy-eye-sliding-window", "numpy-take-out", "numpy-fancy-index",
-    "in-memory-model.fit", "tutorial_repredict_window", "keras",
+    "in-memory-model.fit", "tutorial_repredict_window", "keras", "plain-fit",
 }
 
 

@@ -13,11 +13,13 @@ from .windows import onehot_batch, onehot_windows, translate
 # name -> module, imported on first attribute access (PEP 562).
 _LAZY = {
     "build_training_model": ".model",
+    "build_stream_model": ".model",
     "build_inference_model": ".model",
     "reset_states": ".model",
     "WindowBatches": ".batches",
+    "StreamBatches": ".batches",
     "StreamGenerator": ".stream",
-    "evaluate_stream": ".stream",
+    "evaluate_stream": ".evaluate",
 }
 
 __all__ = [

@@ -1,13 +1,15 @@
 """Plain Python/NumPy twins of every kernel in csrc/.
 
-Slow on purpose and obviously right: the tests hold the Cython kernels to these,
-and the benchmarks use them as the baseline.
+Slow on purpose and obviously right: the tests hold the Cython and C kernels to
+these, and the benchmarks use them as the baseline. Written from the
+definitions, not from the code they check: nothing of charstream is imported.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .text import ALPHABET
+# The tutorial's 36 characters, in code-point order (charstream.text.ALPHABET).
+ALPHABET = "\n !',-.:;?abcdefghijklmnopqrstuvwxyz"
 
 
 def reduce_text(text: str) -> str:
@@ -107,3 +109,61 @@ def onehot_batch_numpy(ids, starts, seq_len: int = 16, depth: int = 36):
     eye = np.eye(depth, dtype=bool)
     window = np.asarray(ids)[np.asarray(starts)[:, None] + np.arange(seq_len + 1)]
     return eye[window[:, :seq_len]], eye[window[:, seq_len]]
+
+
+# --------------------------------------------------------------------------- streaming
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def lstm_step(lstms, dense, ids, state):
+    """One step of stacked Keras LSTMs and the softmax Dense, in float64.
+
+    Args:
+        lstms: per layer `(kernel (in, 4u), recurrent (u, 4u), bias (4u,))`, gates
+            in Keras's order i, f, g (the candidate), o.
+        dense: `(W (u_last, depth), b (depth,))`.
+        ids: `(batch,)` input ids (one-hot into layer 0).
+        state: per layer `(h, c)`, each `(batch, u)`; None for zeros.
+
+    Returns:
+        `(probs (batch, depth), new_state)`.
+    """
+    ids = np.asarray(ids)
+    depth = dense[1].shape[0]
+    x = np.eye(depth)[ids]
+    new_state = []
+    for k, (kernel, recurrent, bias) in enumerate(lstms):
+        u = recurrent.shape[0]
+        h, c = state[k] if state is not None else (np.zeros((len(ids), u)),) * 2
+        z = x @ kernel.astype(np.float64) + h @ recurrent.astype(np.float64) + bias
+        i, f, g, o = (z[:, j * u:(j + 1) * u] for j in range(4))
+        c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)
+        h = _sigmoid(o) * np.tanh(c)
+        new_state.append((h, c))
+        x = h
+    logits = x @ dense[0].astype(np.float64) + dense[1]
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return p / p.sum(axis=1, keepdims=True), new_state
+
+
+def sample_id(probs, temperature: float, top_k, u: float) -> int:
+    """The sampling contract, one id: temperature 0 is the first argmax; otherwise
+    probabilities ** (1 / temperature), only the top_k largest kept (ties to the
+    lower id; None or <= 0 keeps all), and the first id whose cumulative sum
+    exceeds `u` times the total (the last id if rounding leaves none)."""
+    probs = [float(p) for p in probs]
+    if temperature == 0:
+        return max(range(len(probs)), key=lambda k: (probs[k], -k))
+    weights = [p ** (1.0 / temperature) for p in probs]
+    if top_k is not None and 0 < top_k < len(weights):
+        ranked = sorted(range(len(weights)), key=lambda k: (-weights[k], k))
+        kept = set(ranked[:top_k])
+        weights = [w if k in kept else 0.0 for k, w in enumerate(weights)]
+    target, total = u * sum(weights), 0.0
+    for k, w in enumerate(weights):
+        total += w
+        if total > target:
+            return k
+    return len(weights) - 1

@@ -19,7 +19,8 @@ import math
 import keras
 import numpy as np
 
-from .windows import onehot_batch, onehot_streams, split_starts, stream_length  # noqa: F401
+from . import _checks
+from .windows import onehot_batch, onehot_streams, stream_length
 
 
 class _EpochOrdered(keras.utils.PyDataset):
@@ -84,8 +85,7 @@ class WindowBatches(_EpochOrdered):
     def __init__(self, ids: np.ndarray, starts: range, batch_size: int,
                  seq_len: int, depth: int, shuffle: bool = False, seed: int = 0,
                  epoch: int = 0):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        _checks.positive_int(batch_size, "batch_size")
         if not isinstance(starts, range) or starts.step != 1:
             raise TypeError(f"starts must be a range with step 1, got {starts!r}")
         if len(starts) >= 2**32:
@@ -163,9 +163,8 @@ class StreamBatches(_EpochOrdered):
 
     def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, depth: int,
                  seed: int = 0, epoch: int = 0):
-        if batch_size < 1 or seq_len < 1:
-            raise ValueError(f"batch_size and seq_len must be positive integers, got "
-                             f"{batch_size} and {seq_len}")
+        _checks.positive_int(batch_size, "batch_size")
+        _checks.positive_int(seq_len, "seq_len")
         self.ids = np.ascontiguousarray(ids, dtype=np.uint8)
         self.batch_size, self.seq_len, self.depth = batch_size, seq_len, depth
         self.stream_len = stream_length(len(self.ids), batch_size, seq_len)

@@ -7,24 +7,18 @@
 - `ResetStreams`: a stateful (`--mode stream`) model starts each epoch from zero.
 - `StreamValidation`: the held-out loss of one continuous stream, scored by the
   native C step on a copy of the weights, so training's own state is untouched.
-- `History`: `history.csv`, rewritten atomically after every epoch.
+- `History`: the rows of `history.csv`, handed to the run directory after every epoch.
 - `Checkpoint`: the whole model and optimizer after every epoch.
 
-No callback here knows file names beyond what it is given.
+No callback here knows a file name: the run directory (`charstream.run`) does.
 """
 from __future__ import annotations
 
-import csv
-import io
-import math
 import time
-from pathlib import Path
 from typing import Callable
 
 import keras
 import numpy as np
-
-from ._io import atomic_write_text
 
 
 class StopWhenAsked(keras.callbacks.Callback):
@@ -150,54 +144,24 @@ class StreamValidation(keras.callbacks.Callback):
 
 
 class History(keras.callbacks.Callback):
-    """`history.csv`: one row per finished epoch (`epoch`, then the logs' keys in
-    sorted order, then `seconds`, the run's training time so far), rewritten
-    whole through a temporary file after every epoch, so a kill leaves the old
-    file or the new one, never a torn row. `rows` are those kept from earlier
-    sessions (a resume)."""
+    """One row per finished epoch (`epoch`, the logs' keys in sorted order, the
+    learning rate, and `seconds`, the run's training time so far), handed whole
+    to `write` after every epoch (the run directory rewrites `history.csv`
+    atomically), so a kill leaves the old file or the new one, never a torn row.
+    `rows` are those kept from earlier sessions (a resume)."""
 
-    def __init__(self, path: Path, clock: Clock, rows: list[dict] | None = None,
-                 write: Callable[[Path, str], None] = atomic_write_text):
+    def __init__(self, write: Callable[[list], None], clock: Clock, rows: list | None = None):
         super().__init__()
-        self.path, self.clock, self.write = path, clock, write
+        self.write, self.clock = write, clock
         self.rows = list(rows or [])
 
     def on_epoch_end(self, epoch, logs=None):
         logs = {k: float(v) for k, v in (logs or {}).items()}
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(
             self.model.optimizer.learning_rate))
-        row = {"epoch": epoch, **dict(sorted(logs.items())),
-               "seconds": round(self.clock.elapsed(), 3)}
-        self.rows.append(row)
-        self.write(self.path, format_history(self.rows))
-
-
-def format_history(rows: list[dict]) -> str:
-    """CSV text of history rows; columns in the order they first appear."""
-    columns: list[str] = []
-    for row in rows:
-        columns += [key for key in row if key not in columns]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
-def read_history(path: Path) -> list[dict]:
-    """The rows of `history.csv`, values as floats (`epoch` as int); [] if absent."""
-    if not path.exists():
-        return []
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    out = []
-    for row in rows:
-        try:
-            out.append({k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()
-                        if k is not None and v not in ("", None)})
-        except ValueError:  # a torn or foreign row: what follows is not trusted
-            break
-    return sorted(out, key=lambda r: r["epoch"])
+        self.rows.append({"epoch": epoch, **dict(sorted(logs.items())),
+                          "seconds": round(self.clock.elapsed(), 3)})
+        self.write(self.rows)
 
 
 class Checkpoint(keras.callbacks.Callback):
@@ -210,7 +174,3 @@ class Checkpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.save(self.model, epoch + 1)
-
-
-def finite_losses(history: list[dict]) -> bool:
-    return all(math.isfinite(row.get("loss", 0.0)) for row in history)

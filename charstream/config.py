@@ -1,34 +1,26 @@
-"""The one settings object for training, and the run directory's JSON files.
+"""`TrainConfig`: every training setting, validated, and the named presets.
 
 `TrainConfig` is the single source of the training settings: the CLI flags of
-`python -m charstream.train` are derived from its fields (help text, type and
-default), and it is saved as `config.json` beside the model. No Keras here, so
-a run directory can be read without starting TensorFlow.
+`python -m charstream.train` are derived from its fields (help text, type,
+default, choices and parser live in each field's metadata), and `charstream.run`
+saves it as the run's `config.json`. No Keras here.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
-import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
 
-from ._io import atomic_write_text
-from ._version import __version__
-
-CONFIG_FORMAT = "charstream.run"
-CONFIG_VERSION = 1
-
+from . import _checks
 
 STRATEGIES = ("default", "mirrored", "multiworker")
 MODES = ("windows", "stream")
 
 
 class ConfigError(ValueError):
-    """A setting, a corpus or a run directory that training cannot use."""
+    """A setting or a corpus that training cannot use (a bad run directory is its
+    subclass `charstream.run.RunError`)."""
 
 
 def _setting(default, help: str, **extra):
@@ -72,8 +64,8 @@ class TrainConfig:
     """Every training setting, with its default. Field order is the CLI's order."""
 
     data: Optional[str] = _setting(
-        None, "corpus text file (UTF-8); default: $CHARSTREAM_DATA, else tiny "
-        "Shakespeare downloaded and cached by Keras")
+        None, "corpus text file (UTF-8)", metavar="PATH",
+        default_text="$CHARSTREAM_DATA, else tiny Shakespeare downloaded and cached by Keras")
     reduce: bool = _setting(
         True, "lowercase and map to the tutorial's 36-character alphabet; "
         "--no-reduce trains on the corpus's raw characters (up to 256)")
@@ -105,9 +97,11 @@ class TrainConfig:
         parse=parse_samples, default_text="all")
     learning_rate: float = _setting(2e-3, "Adam learning rate (gradients clipped to [-1, 1])")
     lr_decay: bool = _setting(
-        True, "decay the learning rate linearly, step by step, to 10%% of "
-        "--learning-rate at the end of the run (at --epochs, or at --max-time if that "
-        "comes first)")
+        True, "decay the learning rate linearly, epoch by epoch, to --lr-final times "
+        "--learning-rate in the last epoch (or, with --max-time, by the time spent, "
+        "whichever is further along)")
+    lr_final: float = _setting(
+        0.1, "where --lr-decay ends, as a fraction of --learning-rate, in (0, 1]")
     val_fraction: float = _setting(
         0.1, "held-out fraction: the contiguous tail of the corpus, never trained on; "
         "0 turns validation off")
@@ -135,56 +129,41 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Raise `ConfigError` naming the first setting out of range."""
+        err = ConfigError
         for name in ("seq_len", "units", "layers", "batch_size", "epochs",
                      "steps_per_execution"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if self.samples is not None and (
-                isinstance(self.samples, bool) or not isinstance(self.samples, int)
-                or self.samples < 1):
-            raise ConfigError(f"samples must be a positive integer or 'all', got {self.samples!r}")
+            _checks.positive_int(getattr(self, name), name, err)
+        _checks.optional_positive_int(self.samples, "samples", "'all'", err)
         for name in ("dropout", "recurrent_dropout", "val_fraction"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value < 1:
-                raise ConfigError(f"{name} must be in [0, 1), got {value!r}")
-        lr = self.learning_rate
-        if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-            raise ConfigError(f"learning_rate must be a positive number, got {lr!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
-        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 0:
-            raise ConfigError(f"patience must be a non-negative integer, got {self.patience!r}")
+            _checks.fraction(getattr(self, name), name, err)
+        _checks.positive_number(self.learning_rate, "learning_rate", err)
+        _checks.positive_number(self.lr_final, "lr_final", err)
+        if self.lr_final > 1:
+            raise err(f"lr_final must be in (0, 1], got {self.lr_final!r}")
+        for name in ("seed", "patience", "cpu_devices"):
+            _checks.non_negative_int(getattr(self, name), name, err)
+        for name in ("reduce", "shuffle", "lr_decay"):
+            _checks.boolean(getattr(self, name), name, err)
+        if self.unroll is not None:
+            _checks.boolean(self.unroll, "unroll", err)
+        if self.max_time is not None:
+            _checks.positive_number(self.max_time, "max_time", err)
+        _checks.one_of(self.strategy, "strategy", STRATEGIES, err)
+        _checks.one_of(self.mode, "mode", MODES, err)
         if self.patience and not self.val_fraction:
-            raise ConfigError("patience needs validation data: val_fraction is 0")
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.mode not in MODES:
-            raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
+            raise err("patience needs validation data: val_fraction is 0")
         if self.mode == "stream" and self.strategy != "default":
             # Each stream's state lives in one replica's variables; splitting a
             # batch across replicas would need per-replica states and streams.
-            raise ConfigError(
+            raise err(
                 f"--mode stream trains on one device: its carried LSTM states cannot be "
                 f"split across the replicas of --strategy {self.strategy}; use --mode "
                 "windows to train on several devices")
-        mt = self.max_time
-        if mt is not None and (isinstance(mt, bool) or not isinstance(mt, (int, float))
-                               or not math.isfinite(mt) or mt <= 0):
-            raise ConfigError(f"max_time must be a positive number of seconds or None, got {mt!r}")
-        if (isinstance(self.cpu_devices, bool) or not isinstance(self.cpu_devices, int)
-                or self.cpu_devices < 0):
-            raise ConfigError(f"cpu_devices must be a non-negative integer, got {self.cpu_devices!r}")
         if self.cpu_devices > 1 and self.strategy == "multiworker":
             # MultiWorkerMirroredStrategy trains on the GPUs of each worker, else on
             # one CPU device: logical CPUs would not be replicas.
-            raise ConfigError(f"cpu_devices {self.cpu_devices} applies to --strategy mirrored, "
-                              "not multiworker (which uses each worker's GPUs, else its CPU)")
-        for name in ("reduce", "shuffle", "lr_decay"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if self.unroll is not None and not isinstance(self.unroll, bool):
-            raise ConfigError(f"unroll must be true, false or null, got {self.unroll!r}")
+            raise err(f"cpu_devices {self.cpu_devices} applies to --strategy mirrored, "
+                      "not multiworker (which uses each worker's GPUs, else its CPU)")
         return self
 
     def replace(self, **changes) -> "TrainConfig":
@@ -198,50 +177,3 @@ PRESETS: dict[str, dict] = {
     "tutorial": dict(mode="windows", seq_len=16, samples=200_000, batch_size=32,
                      epochs=10, learning_rate=1e-3, lr_decay=False, shuffle=False),
 }
-
-
-def write_run_config(path: Path, config: TrainConfig, corpus: dict, vocab_size: int) -> None:
-    """Write `config.json`: every setting, the corpus and the package version."""
-    doc = {
-        "format": CONFIG_FORMAT,
-        "version": CONFIG_VERSION,
-        "charstream_version": __version__,
-        "settings": dataclasses.asdict(config),
-        "corpus": corpus,          # {"path": ..., "sha256": ..., "characters": ...}
-        "vocab_size": vocab_size,
-    }
-    atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
-
-
-def read_run_config(run_dir: str | os.PathLike) -> dict:
-    """Read and check a run directory's `config.json`.
-
-    Returns:
-        The document, with `"settings"` turned into a `TrainConfig`.
-
-    Raises:
-        ConfigError: naming the file, if it is missing, not JSON, or not a run config.
-    """
-    path = Path(run_dir) / "config.json"
-    if not Path(run_dir).is_dir():
-        raise ConfigError(f"{run_dir}: not a directory")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{run_dir}: not a charstream run (no config.json)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{path}: unreadable: {err}") from None
-    if not isinstance(doc, dict) or doc.get("format") != CONFIG_FORMAT:
-        raise ConfigError(f"{path}: not a charstream run config")
-    if doc.get("version") != CONFIG_VERSION:
-        raise ConfigError(
-            f"{path}: unsupported config version {doc.get('version')!r} (expected {CONFIG_VERSION})")
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    settings = doc.get("settings")
-    if not isinstance(settings, dict) or set(settings) - known:
-        raise ConfigError(f"{path}: \"settings\" must hold only TrainConfig fields")
-    try:
-        doc["settings"] = TrainConfig(**settings).validate()
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
-    return doc

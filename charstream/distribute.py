@@ -4,9 +4,11 @@
 `--strategy multiworker` is `tf.distribute.MultiWorkerMirroredStrategy` across
 processes or machines described by the standard `TF_CONFIG` environment variable.
 Either way Keras's own `fit` runs the training; this module holds what the
-strategies need around it: the cluster as `TF_CONFIG` describes it, the strategy,
-the per-worker input pipeline, and a workaround that lets Keras 3 `fit` run under
-`MultiWorkerMirroredStrategy` at all (keras-team/keras#20585).
+strategies need around it: the cluster as `TF_CONFIG` describes it, `Cluster`
+(this process's strategy, replicas and whether it writes: the one object that
+knows about workers), the per-worker input pipeline, and a workaround that lets
+Keras 3 `fit` run under `MultiWorkerMirroredStrategy` at all
+(keras-team/keras#20585).
 
 TensorFlow is imported inside the functions: `parse_tf_config` runs before it.
 """
@@ -79,6 +81,84 @@ def parse_tf_config(environ=os.environ) -> Task:
     is_chief = kind == "chief" or ("chief" not in members and index == 0)
     workers = sum(len(v) for v in members.values())
     return Task(kind, index, workers, is_chief)
+
+
+@dataclasses.dataclass
+class Cluster:
+    """This process's part in training: the strategy, its replicas, its task under
+    `--strategy multiworker` (None otherwise), and whether it writes the run
+    directory (only the chief does). Every multi-worker difference goes through it.
+    """
+
+    strategy: object
+    task: Task | None = None
+
+    @staticmethod
+    def task_for(config) -> Task | None:
+        """This process's task under `--strategy multiworker`, read from TF_CONFIG."""
+        return parse_tf_config() if config.strategy == "multiworker" else None
+
+    @classmethod
+    def start(cls, config) -> "Cluster":
+        """The strategy the config asks for (under multiworker, this waits for
+        every worker in TF_CONFIG)."""
+        task = cls.task_for(config)
+        if task is not None:
+            print(f"{task}: waiting for every worker in TF_CONFIG", flush=True)
+        cluster = cls(make_strategy(config), task)
+        if task is not None:
+            print(f"{task}{' (chief)' if cluster.writer else ''}: {cluster.replicas} replicas "
+                  f"across {task.workers} workers, global batch "
+                  f"{cluster.global_batch(config.batch_size)}", flush=True)
+        elif cluster.replicas > 1:
+            devices = ", ".join(cluster.strategy.extended.worker_devices)
+            print(f"{cluster.replicas} replicas ({devices}), global batch "
+                  f"{cluster.global_batch(config.batch_size)}", flush=True)
+        return cluster
+
+    @property
+    def multiworker(self) -> bool:
+        return self.task is not None
+
+    @property
+    def writer(self) -> bool:
+        return self.task is None or self.task.is_chief
+
+    @property
+    def replicas(self) -> int:
+        return self.strategy.num_replicas_in_sync
+
+    def global_batch(self, batch_size: int) -> int:
+        """--batch-size is per replica; each step consumes the global batch, split
+        evenly over the replicas. The learning rate is not rescaled: pass
+        --learning-rate yourself when the global batch grows (linear scaling is
+        the usual rule)."""
+        return batch_size * self.replicas
+
+    def check_agreement(self, config, corpus_sha256: str, initial_epoch: int, checkpoint) -> None:
+        """Fail unless every worker has the same settings, corpus and checkpoint."""
+        settings = {k: v for k, v in dataclasses.asdict(config).items()
+                    if k not in ("data", "strategy", "cpu_devices", "max_time")}  # may differ
+        check_agreement(self.strategy, json.dumps(
+            {"settings": settings, "corpus": corpus_sha256, "initial_epoch": initial_epoch,
+             "checkpoint": checkpoint.name if checkpoint else None}, sort_keys=True))
+
+    def keras_context(self, model):
+        """Where `fit` and `evaluate` run: the workaround under multiworker."""
+        return multiworker_keras(model, self.strategy) if self.multiworker else contextlib.nullcontext()
+
+    @classmethod
+    def peer_failure(cls, plan, err: BaseException) -> str | None:
+        """The message for a worker that failed or left under multiworker (a
+        TensorFlow collective error), or None for any other exception."""
+        task = cls.task_for(plan.config)
+        if task is None or not is_peer_failure(err):
+            return None
+        done, _ = plan.run.newest_checkpoint()
+        detail = " ".join(str(err).split())[:300] or type(err).__name__
+        return (f"{task}: training stopped because a worker failed or left "
+                f"({type(err).__name__}: {detail}); {plan.run} holds {done} finished epochs; "
+                f"restart every worker with: {plan.restart}")
 
 
 def make_strategy(config):

@@ -2,8 +2,8 @@
 
 Each character is written and flushed as soon as it is sampled. Ctrl-C and a
 closed pipe (`| head -c 100`) end the stream quietly. With `--backend native`
-TensorFlow is never imported, so the first character comes in a fraction of a
-second.
+TensorFlow is never imported (`--evaluate` included), so the first character
+comes in a fraction of a second.
 """
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import argparse
 import json
 import os
 import sys
+
+from . import _cli
 
 PROG = "python -m charstream.generate"
 
@@ -36,9 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reprime-every", type=int, default=None, metavar="K",
                         help="with --evaluate: reset and re-prime from the last "
                              "seq_len characters every K characters")
-    parser.add_argument("--verbose", action="store_true",
-                        help="show TensorFlow's start-up messages too (or set "
-                             "CHARSTREAM_VERBOSE=1)")
+    _cli.add_verbose(parser)
     return parser
 
 
@@ -52,18 +52,16 @@ def _quiet_stdout() -> None:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.length < 0:
-        print(f"{PROG}: error: --length must be >= 0, got {args.length}", file=sys.stderr)
-        return 2
-    if args.verbose:
-        os.environ["CHARSTREAM_VERBOSE"] = "1"
-    if args.backend == "keras" or args.evaluate:
-        from ._quiet import start_tensorflow
-
-        start_tensorflow()
-    from .stream import StreamGenerator, evaluate_stream
+        return _cli.fail(PROG, f"--length must be >= 0, got {args.length}")
+    _cli.apply_verbose(args)
+    if args.backend == "keras":
+        _cli.start_tensorflow()
+    from .stream import StreamGenerator
 
     try:
         if args.evaluate:
+            from .evaluate import evaluate_stream
+
             result = evaluate_stream(args.run_dir, reprime_every=args.reprime_every,
                                      backend=args.backend)
             print(json.dumps(result, indent=2))
@@ -71,9 +69,8 @@ def main(argv=None) -> int:
         gen = StreamGenerator.load(args.run_dir, backend=args.backend)
         chars = gen.stream(prime=args.prime, temperature=args.temperature, seed=args.seed,
                            top_k=args.top_k, max_chars=args.length or None)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
+    except _cli.BAD_INPUT as err:
+        return _cli.fail(PROG, err)
     out = sys.stdout
     try:
         out.write(args.prime)

@@ -5,37 +5,23 @@ Nothing here knows about files or the command line.
 """
 from __future__ import annotations
 
-import math
-
 import keras
 
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
-def _fraction(value, name: str) -> float:
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value < 1:
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-    return float(value)
+from . import _checks
 
 
 def check_architecture(seq_len=16, depth=36, units=128, layers=1, dropout=0.0,
                        recurrent_dropout=0.0, learning_rate=1e-3) -> None:
     """Raise `ValueError` naming the first out-of-range model setting."""
-    _positive_int(seq_len, "seq_len")
-    _positive_int(depth, "depth")
+    _checks.positive_int(seq_len, "seq_len")
+    _checks.positive_int(depth, "depth")
     if depth > 256:
         raise ValueError(f"depth must be at most 256, got {depth}")
-    _positive_int(units, "units")
-    _positive_int(layers, "layers")
-    _fraction(dropout, "dropout")
-    _fraction(recurrent_dropout, "recurrent_dropout")
-    if (not isinstance(learning_rate, (int, float)) or not math.isfinite(learning_rate)
-            or learning_rate <= 0):
-        raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}")
+    _checks.positive_int(units, "units")
+    _checks.positive_int(layers, "layers")
+    _checks.fraction(dropout, "dropout")
+    _checks.fraction(recurrent_dropout, "recurrent_dropout")
+    _checks.positive_number(learning_rate, "learning_rate")
 
 
 def _compile(model: keras.Model, loss: str, learning_rate: float,
@@ -122,7 +108,7 @@ def build_stream_model(batch_size: int = 32, seq_len: int = 16, depth: int = 36,
     Raises:
         ValueError: for any setting out of range.
     """
-    _positive_int(batch_size, "batch_size")
+    _checks.positive_int(batch_size, "batch_size")
     check_architecture(seq_len, depth, units, layers, dropout, recurrent_dropout,
                        learning_rate)
     inputs = keras.Input(batch_shape=(batch_size, seq_len, depth), name="chars")
@@ -182,7 +168,7 @@ def build_inference_model(train_model: keras.Model, batch_size: int = 1) -> kera
     Raises:
         ValueError: if `train_model` is not LSTMs followed by one softmax Dense.
     """
-    _positive_int(batch_size, "batch_size")
+    _checks.positive_int(batch_size, "batch_size")
     depth = train_model.input_shape[-1]
     inputs = keras.Input(batch_shape=(batch_size, 1, depth), name="char")
     return _rebuild(train_model, inputs, True, "charstream_stream")
@@ -192,7 +178,7 @@ def windowed_copy(train_model: keras.Model, seq_len: int) -> keras.Model:
     """`train_model`'s layers as the windowed many-to-one model: each
     `(seq_len, depth)` window from a zero state to the next character's
     probabilities. A windowed model's copy computes what the model does."""
-    _positive_int(seq_len, "seq_len")
+    _checks.positive_int(seq_len, "seq_len")
     depth = train_model.input_shape[-1]
     return _rebuild(train_model, keras.Input((seq_len, depth), name="chars"), False,
                     "charstream_windowed")
@@ -203,6 +189,11 @@ def stream_weights(model: keras.Model) -> dict:
     charstream model (training, stream-training or inference copy), as
     `layer.get_weights()` gives them: what `NativeLSTM` and `stream.npz` take."""
     lstms, dense = _layers_of(model)
+    for layer in lstms:  # the cell the native step computes (charstream.native.CELL)
+        if (layer.activation.__name__, layer.recurrent_activation.__name__) != ("tanh", "sigmoid"):
+            raise ValueError(f"{layer.name}: the native step needs tanh and sigmoid "
+                             f"activations, got {layer.activation.__name__} and "
+                             f"{layer.recurrent_activation.__name__}")
     return {"lstms": [tuple(layer.get_weights()) for layer in lstms],
             "dense": tuple(dense.get_weights())}
 

@@ -28,7 +28,8 @@ from ._io import atomic_path
 
 STREAM_FORMAT = "charstream.stream"
 STREAM_VERSION = 1
-STREAM_FILE = "stream.npz"
+# The cell the C step computes; a file that records another is refused.
+CELL = {"gates": "ifco", "activation": "tanh", "recurrent_activation": "sigmoid"}
 
 
 def export_stream_weights(weights: dict, path: str | os.PathLike, seq_len: int) -> None:
@@ -50,8 +51,7 @@ def export_stream_weights(weights: dict, path: str | os.PathLike, seq_len: int) 
             "layers": len(weights["lstms"]),
             "units": [int(r.shape[0]) for _, r, _ in weights["lstms"]],
             "depth": int(weights["dense"][1].shape[0]),
-            "seq_len": int(seq_len), "gates": "ifco", "activation": "tanh",
-            "recurrent_activation": "sigmoid"}
+            "seq_len": int(seq_len), **CELL}
     arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
     with atomic_path(path) as tmp:
@@ -86,6 +86,10 @@ def load_stream_weights(path: str | os.PathLike) -> dict:
     if meta.get("version") != STREAM_VERSION:
         raise ValueError(f"{path}: unsupported stream weights version {meta.get('version')!r} "
                          f"(expected {STREAM_VERSION})")
+    for key, value in CELL.items():
+        if meta.get(key) != value:
+            raise ValueError(f"{path}: meta {key!r} is {meta.get(key)!r}, but the native step "
+                             f"computes {key} {value!r} only")
     layers = meta.get("layers")
     if not isinstance(layers, int) or layers < 1:
         raise ValueError(f"{path}: meta \"layers\" must be a positive integer, got {layers!r}")

@@ -1,8 +1,9 @@
 """One-hot training windows: the kernels from csrc/ and their inverse.
 
 No TensorFlow here. `onehot_windows`, `onehot_batch` and `onehot_streams` are the
-Cython kernels (their docstrings are in csrc/_text.pyx); `translate` turns one-hot rows back
-into text, the tutorial's helper.
+Cython kernels (their docstrings are in csrc/_text.pyx); `stream_length` is the
+arithmetic of the stream layout; `translate` turns one-hot rows back into text,
+the tutorial's helper.
 """
 from __future__ import annotations
 
@@ -15,37 +16,7 @@ onehot_windows = _text.onehot_windows
 onehot_batch = _text.onehot_batch
 onehot_streams = _text.onehot_streams
 
-__all__ = ["onehot_windows", "onehot_batch", "onehot_streams", "split_starts", "stream_length",
-           "translate"]
-
-
-def split_starts(n_ids: int, seq_len: int, val_fraction: float) -> tuple[range, range]:
-    """Window starts for training and validation, from disjoint parts of the corpus.
-
-    The corpus is cut at `split = floor(n_ids * (1 - val_fraction))`. A training
-    window and its target lie wholly in `ids[:split]`, a validation window in the
-    contiguous tail `ids[split:]`, so no character is in both.
-
-    Returns:
-        `(train_starts, val_starts)` as `range`s (no memory per window);
-        `val_starts` is empty when `val_fraction == 0`.
-
-    Raises:
-        ValueError: if either part is too short for one window.
-    """
-    split = n_ids if val_fraction == 0 else int(n_ids * (1 - val_fraction))
-    n_train = split - seq_len
-    n_val = (n_ids - split) - seq_len if val_fraction else 0
-    if n_train < 1:
-        raise ValueError(
-            f"the training part has {split} characters, too few for one window of "
-            f"seq_len {seq_len} plus its target (need at least {seq_len + 1})")
-    if val_fraction and n_val < 1:
-        raise ValueError(
-            f"the validation part (val_fraction {val_fraction}) has {n_ids - split} "
-            f"characters, too few for one window of seq_len {seq_len} plus its target; "
-            "use a longer corpus, a larger --val-fraction, or --val-fraction 0")
-    return range(n_train), range(split, split + max(n_val, 0))
+__all__ = ["onehot_windows", "onehot_batch", "onehot_streams", "stream_length", "translate"]
 
 
 def stream_length(n_ids: int, batch_size: int, seq_len: int) -> int:

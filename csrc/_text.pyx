@@ -1,13 +1,18 @@
 # Cython kernels for charstream's text pipeline.
 #
 # Layout follows scikit-learn's habits: every `def` below checks its inputs and
-# allocates its outputs while holding the GIL, then hands raw pointers to a
+# allocates its outputs while holding the GIL, then hands them to a
 # `cdef ... noexcept nogil` loop that cannot fail. Nothing in a hot loop touches a
 # Python object. `charstream/_reference.py` holds a plain twin of each kernel and
 # the tests hold these to it.
 #
-# Directives (language_level, boundscheck, wraparound) come from setup.py, where
-# CHARSTREAM_DEBUG=1 turns bounds checking back on.
+# The one-hot loops index typed memoryviews, so a CHARSTREAM_DEBUG=1 build
+# (setup.py: boundscheck and initializedcheck on, -O0 -g) checks every access and
+# reports one out of bounds instead of writing there. The text loops read the
+# `str`'s own buffer through PyUnicode_DATA/PyUnicode_READ (no memoryview exists
+# for it); their bounds are the string's length, taken by the `def` around them.
+#
+# Directives (language_level, boundscheck, wraparound) come from setup.py.
 
 from libc.stdint cimport uint8_t, int16_t, int32_t, int64_t, uint32_t
 from libc.string cimport memset
@@ -176,44 +181,49 @@ def lookup_ids(str text not None, const int16_t[::1] low not None,
 # One-hot windows
 # ---------------------------------------------------------------------------
 
-cdef void _onehot(const uint8_t* ids, const int64_t* starts, Py_ssize_t base,
+cdef void _onehot(const uint8_t[::1] ids, const int64_t[::1] starts, Py_ssize_t base,
                   Py_ssize_t n, Py_ssize_t seq_len, Py_ssize_t depth,
-                  uint8_t* X, uint8_t* Y) noexcept nogil:
-    # Window i covers ids[s : s + seq_len] (X) and the id after it (Y), where
-    # s = starts[i], or base + i when starts is NULL (consecutive windows).
-    # One memset per window keeps the cleared block in L1 while its ones are set,
-    # so each output byte crosses the memory bus once.
-    cdef Py_ssize_t i, t
+                  uint8_t[::1] X, uint8_t[::1] Y) noexcept nogil:
+    # Window i covers ids[s : s + seq_len] (X, row i of (n, seq_len * depth)) and
+    # the id after it (Y, row i of (n, depth)), where s = starts[i], or base + i
+    # when starts is empty (consecutive windows). One memset per window keeps the
+    # cleared block in L1 while its ones are set, so each output byte crosses the
+    # memory bus once. Typed memoryviews: a CHARSTREAM_DEBUG build checks every
+    # index; a release build compiles them to the same pointer arithmetic.
+    cdef Py_ssize_t i, t, s, row
     cdef Py_ssize_t w = seq_len * depth
-    cdef uint8_t* x
-    cdef const uint8_t* src
+    cdef bint consecutive = starts.shape[0] == 0
     for i in range(n):
-        src = ids + (starts[i] if starts != NULL else base + i)
-        x = X + i * w
-        memset(x, 0, w)
+        s = base + i if consecutive else starts[i]
+        row = i * w
+        memset(&X[row], 0, w)
         for t in range(seq_len):
-            x[t * depth + src[t]] = 1
-        x = Y + i * depth
-        memset(x, 0, depth)
-        x[src[seq_len]] = 1
+            X[row + t * depth + ids[s + t]] = 1
+        row = i * depth
+        memset(&Y[row], 0, depth)
+        Y[row + ids[s + seq_len]] = 1
 
 
-cdef void _onehot_streamed(const uint8_t* ids, Py_ssize_t base, Py_ssize_t n,
-                           Py_ssize_t seq_len, Py_ssize_t depth, uint8_t* X, uint8_t* Y,
-                           uint8_t* scratch, Py_ssize_t block) noexcept nogil:
-    # Consecutive windows, for outputs much larger than the caches: `block` windows
-    # at a time are built in `scratch` (L1/L2-resident: block * (seq_len + 1) * depth
-    # bytes), then copied out with streaming stores, so the destination is written
-    # once and never read.
+cdef void _onehot_streamed(const uint8_t[::1] ids, Py_ssize_t base, Py_ssize_t n,
+                           Py_ssize_t seq_len, Py_ssize_t depth, uint8_t[::1] X,
+                           uint8_t[::1] Y, uint8_t[::1] xs, uint8_t[::1] ys) noexcept nogil:
+    # Consecutive windows, for outputs much larger than the caches: a block of
+    # windows at a time is built in the scratch xs / ys (L1/L2-resident: a block
+    # is xs.shape[0] // (seq_len * depth) windows), then copied out with streaming
+    # stores, so the destination is written once and never read.
     cdef Py_ssize_t i = 0, k, w = seq_len * depth
-    cdef uint8_t* ys = scratch + block * w
+    cdef Py_ssize_t block = xs.shape[0] // w
     while i < n:
         k = block if n - i > block else n - i
-        _onehot(ids, NULL, base + i, k, seq_len, depth, scratch, ys)
-        cs_copy_nt(X + i * w, scratch, <size_t>(k * w))
-        cs_copy_nt(Y + i * depth, ys, <size_t>(k * depth))
+        _onehot(ids, _NO_STARTS, base + i, k, seq_len, depth, xs, ys)
+        cs_copy_nt(&X[i * w], &xs[0], <size_t>(k * w))
+        cs_copy_nt(&Y[i * depth], &ys[0], <size_t>(k * depth))
         i += k
     cs_nt_fence()
+
+
+# An empty starts array: "consecutive windows" for _onehot.
+cdef const int64_t[::1] _NO_STARTS = np.empty(0, dtype=np.int64)
 
 
 # Preallocated outputs at least this large are written with streaming stores
@@ -224,7 +234,7 @@ cdef void _onehot_streamed(const uint8_t* ids, Py_ssize_t base, Py_ssize_t n,
 STREAM_BYTES = 8 << 20
 
 
-cdef Py_ssize_t _first_at_least(const uint8_t* ids, Py_ssize_t lo, Py_ssize_t hi,
+cdef Py_ssize_t _first_at_least(const uint8_t[::1] ids, Py_ssize_t lo, Py_ssize_t hi,
                                 Py_ssize_t depth) noexcept nogil:
     # Index of the first id in ids[lo:hi] that is >= depth, or -1.
     cdef Py_ssize_t i
@@ -321,7 +331,7 @@ def _check_window_ids(arr, st, Py_ssize_t seq_len, Py_ssize_t depth):
     cdef const uint8_t[::1] idv = arr
     with nogil:
         for i in range(n):
-            bad = _first_at_least(&idv[0], stv[i], stv[i] + seq_len + 1, depth)
+            bad = _first_at_least(idv, stv[i], stv[i] + seq_len + 1, depth)
             if bad >= 0:
                 break
     if bad >= 0:
@@ -377,23 +387,23 @@ def onehot_windows(ids, seq_len=16, depth=36, start=0, stop=None, out=None):
     cdef const uint8_t[::1] idv = arr
     cdef Py_ssize_t bad
     with nogil:
-        bad = _first_at_least(&idv[0], c_start, c_stop + c_seq, c_depth)
+        bad = _first_at_least(idv, c_start, c_stop + c_seq, c_depth)
     if bad >= 0:
         _raise_out_of_range(arr, bad, depth)
     X, Y, xv, yv = _outputs(out, n, seq_len, depth)
     cdef uint8_t[::1] xm = xv
     cdef uint8_t[::1] ym = yv
     cdef Py_ssize_t block
-    cdef uint8_t[::1] scratch
+    cdef uint8_t[::1] xs, ys
     if n and out is not None and n * (c_seq + 1) * c_depth >= STREAM_BYTES:
         block = max(1, (32 << 10) // ((c_seq + 1) * c_depth))
-        scratch = np.empty(block * (c_seq + 1) * c_depth, dtype=np.uint8)
+        xs = np.empty(block * c_seq * c_depth, dtype=np.uint8)
+        ys = np.empty(block * c_depth, dtype=np.uint8)
         with nogil:
-            _onehot_streamed(&idv[0], c_start, n, c_seq, c_depth, &xm[0], &ym[0],
-                             &scratch[0], block)
+            _onehot_streamed(idv, c_start, n, c_seq, c_depth, xm, ym, xs, ys)
     elif n:
         with nogil:
-            _onehot(&idv[0], NULL, c_start, n, c_seq, c_depth, &xm[0], &ym[0])
+            _onehot(idv, _NO_STARTS, c_start, n, c_seq, c_depth, xm, ym)
     return X, Y
 
 
@@ -432,7 +442,7 @@ def onehot_batch(ids, starts, seq_len=16, depth=36, out=None):
     cdef uint8_t[::1] ym = yv
     if n:
         with nogil:
-            _onehot(&idv[0], &stv[0], 0, n, c_seq, c_depth, &xm[0], &ym[0])
+            _onehot(idv, stv, 0, n, c_seq, c_depth, xm, ym)
     return X, Y
 
 
@@ -440,25 +450,22 @@ def onehot_batch(ids, starts, seq_len=16, depth=36, out=None):
 # Contiguous streams (carried-state training)
 # ---------------------------------------------------------------------------
 
-cdef void _onehot_streams(const uint8_t* ids, const int64_t* starts, Py_ssize_t n,
+cdef void _onehot_streams(const uint8_t[::1] ids, const int64_t[::1] starts, Py_ssize_t n,
                           Py_ssize_t seq_len, Py_ssize_t depth,
-                          float* X, int32_t* Y) noexcept nogil:
+                          float[::1] X, int32_t[::1] Y) noexcept nogil:
     # Row i reads ids[s : s + seq_len + 1], s = starts[i]: step t's input is
     # ids[s + t] (one-hot, float32: what the model consumes, so no cast runs in
-    # the graph) and its target the next id, ids[s + t + 1].
-    cdef Py_ssize_t i, t
+    # the graph; X is (n, seq_len * depth)) and its target the next id,
+    # ids[s + t + 1] (Y is (n, seq_len)).
+    cdef Py_ssize_t i, t, s, row
     cdef Py_ssize_t w = seq_len * depth
-    cdef float* x
-    cdef int32_t* y
-    cdef const uint8_t* src
     for i in range(n):
-        src = ids + starts[i]
-        x = X + i * w
-        y = Y + i * seq_len
-        memset(x, 0, w * sizeof(float))
+        s = starts[i]
+        row = i * w
+        memset(&X[row], 0, w * sizeof(float))
         for t in range(seq_len):
-            x[t * depth + src[t]] = 1.0
-            y[t] = src[t + 1]
+            X[row + t * depth + ids[s + t]] = 1.0
+            Y[i * seq_len + t] = ids[s + t + 1]
 
 
 def onehot_streams(ids, starts, seq_len=16, depth=36):
@@ -492,9 +499,9 @@ def onehot_streams(ids, starts, seq_len=16, depth=36):
     _check_window_ids(arr, st, seq_len, depth)
     X = np.empty((n, seq_len, depth), dtype=np.float32)
     Y = np.empty((n, seq_len), dtype=np.int32)
-    cdef float[:, :, ::1] xm = X
-    cdef int32_t[:, ::1] ym = Y
+    cdef float[::1] xm = X.reshape(-1)
+    cdef int32_t[::1] ym = Y.reshape(-1)
     if n:
         with nogil:
-            _onehot_streams(&idv[0], &stv[0], n, c_seq, c_depth, &xm[0, 0, 0], &ym[0, 0])
+            _onehot_streams(idv, stv, n, c_seq, c_depth, xm, ym)
     return X, Y

@@ -47,6 +47,15 @@ def corpus_file(tmp_path_factory) -> Path:
     return path
 
 
+def load_run(run_dir):
+    """`(model, vocab, reduce)` of a run directory, through charstream.run."""
+    from charstream.run import RunDir
+
+    run = RunDir(run_dir)
+    recorded = run.read()
+    return run.load_keras_model(recorded), recorded.vocab, recorded.settings.reduce
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, corpus_file) -> Path:
     """One tiny windows-mode run, trained in-process once and shared by the stream tests."""

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from charstream import onehot_windows
-from charstream.batches import WindowBatches, split_starts
+from charstream.batches import WindowBatches
+from charstream.run import split_starts
 
 
 def test_batches_equal_onehot_windows_in_order():

@@ -134,7 +134,7 @@ def test_validation_does_not_change_training(tmp_path, corpus_file, monkeypatch)
 
 
 def test_the_held_out_loss_is_the_evaluated_stream_loss(stream_run):
-    from charstream.stream import evaluate_stream
+    from charstream.evaluate import evaluate_stream
 
     summary = json.loads((stream_run / "summary.json").read_text())
     result = evaluate_stream(stream_run, backend="native")

@@ -147,17 +147,62 @@ def test_resume_after_sigkill_mid_epoch(tmp_path, corpus_file, settings):
     assert not [p for p in run.rglob("*") if p.name.endswith(".tmp") or ".tmp." in p.name]
 
 
+
+DYING_WRITE = """
+import os, signal, sys
+from pathlib import Path
+
+writes, original = [], Path.write_text
+
+
+def dying_write(self, text, *args, **kwargs):
+    # history.csv is rewritten through a temporary file after every epoch; on
+    # epoch 2's rewrite, write half of it and die as a SIGKILL would kill.
+    if self.name.startswith(".history.csv."):
+        writes.append(self)
+        if len(writes) == 2:
+            original(self, text[:len(text) // 2], *args, **kwargs)
+            os.kill(os.getpid(), signal.SIGKILL)
+    return original(self, text, *args, **kwargs)
+
+
+Path.write_text = dying_write
+from charstream import train
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+def test_a_kill_during_the_history_write_loses_nothing(tmp_path, corpus_file):
+    run = tmp_path / "run"
+    argv = ["--data", str(corpus_file), *STREAM_TINY, "--epochs", "3", "--out", str(run)]
+    out = subprocess.run([sys.executable, "-c", DYING_WRITE, *argv], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    # The half-written temporary file is there; history.csv is epoch 1's, whole.
+    assert [p.name for p in run.glob(".history.csv.*")]
+    assert [r["epoch"] for r in _rows(run)] == ["0"]
+    assert (run / "history.csv").read_text().endswith("\n")
+    # Epoch 2's checkpoint came after the history write: not there either.
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch-0001.keras"]
+    rc = subprocess.run([sys.executable, "-m", "charstream.train", "--resume", str(run),
+                         "--sample-length", "0"], capture_output=True, text=True, timeout=300)
+    assert rc.returncode == 0, rc.stderr
+    assert [r["epoch"] for r in _rows(run)] == ["0", "1", "2"]
+    assert not [p for p in run.rglob("*") if ".tmp" in p.name]
+
 def test_a_swallowed_interrupt_still_stops_training_at_the_next_batch(tmp_path):
     # Python drops an exception raised in a __del__, so a signal that lands in
     # one only sets the flag; the first callback turns it into the interrupt.
-    stop = train._callbacks(tmp_path, TrainConfig())[0]
+    from charstream.callbacks import StopWhenAsked
+
+    stop = StopWhenAsked(train.StopFlag)
     stop.on_train_batch_end(0)  # nothing asked
-    train._Stop.requested = True
+    train.StopFlag.requested = True
     try:
         with pytest.raises(KeyboardInterrupt):
             stop.on_train_batch_end(0)
     finally:
-        train._Stop.requested = False
+        train.StopFlag.requested = False
 
 
 def test_sigint_stops_cleanly_and_says_how_to_resume(tmp_path, corpus_file):
@@ -259,8 +304,8 @@ def test_resume_finds_the_same_corpus_at_another_path(tmp_path, corpus_file, tra
     moved.write_bytes(corpus_file.read_bytes())
     args = train.build_parser().parse_args(
         ["--resume", str(trained_run), "--epochs", "3", "--data", str(moved)])
-    config, given = train.config_from_args(args)
-    _, config, corpus, done, checkpoint = train._resume_plan(args, given, config)
+    plan = train.plan(args)
+    corpus, config, done, checkpoint = plan.corpus, plan.config, plan.initial_epoch, plan.checkpoint
     assert corpus.path == moved and config.data == str(moved)
     assert done == 2 and checkpoint.name == "epoch-0002.keras"
 

@@ -1,0 +1,77 @@
+"""The reference stream backend: the stateful Keras copy behind one compiled step.
+
+`KerasBackend` runs the inference copy (`charstream.model.build_inference_model`,
+`batch_shape=(batch, 1, depth)`) one character per call inside a
+`tf.function`, and samples in NumPy (`charstream.sampling`). It is the backend
+the native C step (`charstream.native`) is held to.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .sampling import sample_id
+
+
+class KerasBackend:
+    """The reference step. Implements `charstream.stream.Backend`.
+
+    Args:
+        train_model: a trained charstream model (windowed or stream-trained).
+        batch: independent streams (`batch_shape=(batch, 1, depth)`).
+    """
+
+    name = "keras"
+
+    def __init__(self, train_model, batch: int = 1):
+        import tensorflow as tf
+
+        from .model import build_inference_model, lstm_layers
+
+        self.model = build_inference_model(train_model, batch_size=batch)
+        self.batch = batch
+        self.depth = depth = train_model.output_shape[-1]
+        self._lstms = lstm_layers(self.model)
+        model = self.model
+
+        # One graph per step: the one-hot is built inside it, the stateful LSTMs
+        # update their state variables, and only (batch, depth) floats come back.
+        @tf.function(input_signature=[tf.TensorSpec([batch], tf.int32)])
+        def step_fn(char_ids):
+            x = tf.reshape(tf.one_hot(char_ids, depth, dtype=tf.float32), (batch, 1, depth))
+            return model(x, training=False)
+
+        # Calling the concrete function with ready-made id tensors skips tracing
+        # checks and conversions: about half of a plain tf.function call's cost.
+        self._step_fn = step_fn.get_concrete_function()
+        self._tf = tf
+        self._id_tensors = ([tf.constant([k], dtype=tf.int32) for k in range(depth)]
+                            if batch == 1 else None)
+        self.reset()
+
+    def reset(self, rows=None) -> None:
+        """Zero the state of every stream, or of the streams where `rows` is True."""
+        if rows is None:
+            from .model import reset_states
+
+            reset_states(self.model)
+            return
+        keep = self._tf.constant(~np.asarray(rows, dtype=bool), dtype=self._tf.float32)[:, None]
+        for layer in self._lstms:
+            for state in layer.states:
+                state.assign(state * keep)
+
+    def probs(self, ids) -> np.ndarray:
+        """Feed `ids[b]` to stream b; the `(batch, depth)` float64 next-id distribution."""
+        if self._id_tensors is not None:
+            tensor = self._id_tensors[int(np.asarray(ids).reshape(-1)[0])]
+        else:
+            tensor = self._tf.constant(np.asarray(ids, dtype=np.int32))
+        probs = self._step_fn(tensor).numpy().astype(np.float64)
+        return probs / probs.sum(axis=1, keepdims=True)
+
+    def step_sample_into(self, ids, temperature: float, top_k, u, out) -> None:
+        for b, (p, x) in enumerate(zip(self.probs(ids), u)):
+            out[b] = sample_id(p, temperature, top_k, x)
+
+    def step_sample1(self, char_id: int, temperature: float, top_k, u: float) -> int:
+        return sample_id(self.probs([char_id])[0], temperature, top_k, u)

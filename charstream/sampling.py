@@ -1,0 +1,98 @@
+"""The sampling contract: how a seed becomes text, the same on every backend.
+
+Stream k owns `numpy.random.default_rng(seed_k)` and consumes its doubles
+(`rng.random()`, drawn in blocks, which NumPy guarantees equal to one at a time)
+in order, one per sampled character. The character is the first id whose
+cumulative probability exceeds `u * total`, the probabilities taken in
+vocabulary order after temperature (`softmax(log p / T)`) and top-k (the k
+largest, ties to the lower id). Temperature 0 is argmax; its draw is made and
+ignored. The C sampler (`csrc/lstm_step.h`, `cs_sample`) implements the same
+rule; `charstream._reference.sample_id` is the plain twin both are held to.
+
+The Keras and native backends compute the probabilities in different float32
+arithmetic (about 1e-7 apart), so their texts agree until a draw falls within
+that distance of a cumulative boundary: for a 36-symbol model, expect agreement
+for many thousands of characters.
+
+No TensorFlow here.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _checks
+
+
+def check_temperature(temperature) -> float:
+    """A finite temperature >= 0."""
+    return _checks.non_negative_number(temperature, "temperature")
+
+
+def check_top_k(top_k, size: int):
+    """None, or a positive integer capped at the vocabulary `size`."""
+    _checks.optional_positive_int(top_k, "top_k")
+    return None if top_k is None else min(top_k, size)
+
+
+def check_max_chars(max_chars):
+    """None (no end), or a non-negative integer."""
+    return _checks.optional_non_negative_int(max_chars, "max_chars")
+
+
+def start_ids(ids: np.ndarray, size: int, newline: int, draws) -> np.ndarray:
+    """The ids a stream starts from: the encoded prime's; for an empty prime a
+    newline (text starts at a line break, as the corpus's speeches do), or, in a
+    vocabulary without one (`newline < 0`), an id drawn with the stream's first
+    uniform."""
+    if len(ids):
+        return ids
+    if newline >= 0:
+        return np.array([newline], dtype=np.uint8)
+    return np.array([min(int(next(draws) * size), size - 1)], dtype=np.uint8)
+
+
+def sample_id(probs: np.ndarray, temperature: float, top_k: int | None, u: float) -> int:
+    """Pick one id from `probs` with the uniform `u`, under the module's contract."""
+    if temperature == 0:
+        return int(np.argmax(probs))
+    p = np.asarray(probs, dtype=np.float64)
+    if temperature != 1:
+        with np.errstate(divide="ignore"):
+            logits = np.log(p) / temperature
+        p = np.exp(logits - logits.max())
+    if top_k is not None and top_k < p.size:
+        # Keep the k most likely (ties broken by id, as a stable sort does).
+        cut = np.argsort(-p, kind="stable")[top_k:]
+        p = p.copy()
+        p[cut] = 0.0
+    cdf = np.cumsum(p)
+    return int(min(np.searchsorted(cdf, u * cdf[-1], side="right"), p.size - 1))
+
+
+class Uniforms:
+    """The doubles of `numpy.random.default_rng(seed)`, in order, drawn in blocks.
+
+    Iterate for one at a time, or `take(n)` for the next n as an array; both
+    continue the same sequence. `seed=None` draws fresh entropy from the OS.
+    """
+
+    def __init__(self, seed, block: int = 1024):
+        self._rng = np.random.default_rng(seed)
+        self._block = block
+        self._buf: list = []
+        self._pos = 0
+
+    def __iter__(self) -> "Uniforms":
+        return self
+
+    def __next__(self) -> float:
+        if self._pos == len(self._buf):
+            self._buf = self._rng.random(self._block).tolist()
+            self._pos = 0
+        self._pos += 1
+        return self._buf[self._pos - 1]
+
+    def take(self, n: int) -> np.ndarray:
+        rest = self._buf[self._pos:self._pos + n]
+        self._pos += len(rest)
+        return np.concatenate([np.array(rest, dtype=np.float64), self._rng.random(n - len(rest))])
