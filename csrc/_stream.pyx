@@ -25,8 +25,8 @@ cdef extern from "lstm_step.h" nogil:
         int gmax
         float* z
     ctypedef struct cs_sampling:
-        double temperature
-        int top_k
+        const double* temperature
+        const int* top_k
         const double* u
         int32_t* out
         double* p
@@ -61,7 +61,8 @@ cdef class NativeLSTM:
     Args:
         lstms: one `(kernel, recurrent_kernel, bias)` per layer, bottom first, as
             Keras's `LSTM.get_weights()` gives them: `(in, 4u)`, `(u, 4u)`, `(4u,)`
-            float32, gates in Keras's order `[i, f, c, o]`; `in` is `depth` for
+            float32, gates in Keras's order `[i, f, g, o]` (g, the candidate, is
+            what Keras calls c); `in` is `depth` for
             layer 0 and the layer below's `u` otherwise.
         dense_kernel: `(u_last, depth)`.
         dense_bias: `(depth,)`, 1 <= depth <= 256.
@@ -77,10 +78,14 @@ cdef class NativeLSTM:
     cdef const float** _bias
     cdef float** _h
     cdef float** _c
-    cdef list _keep          # owners of every buffer the pointers point into
+    cdef list _weights       # owners of the weight buffers the net's pointers point into
+    cdef list _h_state       # (batch, u) float32 per layer: the arrays _h points into
+    cdef list _c_state       # (batch, u) float32 per layer: the arrays _c points into
     cdef object _z
     cdef float[:, ::1] _logits
     cdef double[:, ::1] _p
+    cdef double[::1] _temperature   # per-stream settings for the scalar APIs
+    cdef int[::1] _top_k
     cdef readonly int depth, batch, layers
     cdef readonly tuple units
     cdef readonly long flops_per_step
@@ -101,7 +106,7 @@ cdef class NativeLSTM:
             raise ValueError(f"dense bias must have shape (depth,) with 1 <= depth <= 256, "
                              f"got {bias_d.shape}")
         cdef int depth = bias_d.shape[0], n = len(lstms), k, u, inp = depth
-        self._keep = []
+        self._weights, self._h_state, self._c_state = [], [], []
         units, flops = [], 0
         self._units = <int*>calloc(n, sizeof(int))
         self._kernel = <const float**>calloc(n, sizeof(float*))
@@ -129,7 +134,9 @@ cdef class NativeLSTM:
             bias = _f32(bias, f"layer {k} bias", (4 * u,))
             h = _f32(np.zeros((batch, u)), f"layer {k} h", (batch, u))
             c = _f32(np.zeros((batch, u)), f"layer {k} c", (batch, u))
-            self._keep += [kernel, recurrent, bias, h, c]
+            self._weights += [kernel, recurrent, bias]
+            self._h_state.append(h)
+            self._c_state.append(c)
             self._units[k] = u
             m2 = kernel
             self._kernel[k] = &m2[0, 0]
@@ -148,7 +155,7 @@ cdef class NativeLSTM:
             inp = u
         dense_kernel = _f32(dense_kernel, "dense kernel", (inp, depth))
         dense_bias = _f32(dense_bias, "dense bias", (depth,))
-        self._keep += [dense_kernel, dense_bias]
+        self._weights += [dense_kernel, dense_bias]
         m2 = dense_kernel
         self.net.dense_w = &m2[0, 0]
         m1 = dense_bias
@@ -170,6 +177,8 @@ cdef class NativeLSTM:
         self.net.c = self._c
         self._logits = _f32(np.zeros((batch, depth)), "logits", (batch, depth))
         self._p = np.zeros((batch, depth), np.float64)
+        self._temperature = np.zeros(batch, np.float64)
+        self._top_k = np.zeros(batch, np.intc)
         self.depth, self.batch, self.layers = depth, batch, n
         self.units = tuple(units)
         self.flops_per_step = flops + 2 * inp * depth + 4 * depth
@@ -184,8 +193,7 @@ cdef class NativeLSTM:
 
     def reset(self, rows=None):
         """Zero the state of every stream, or of the streams where `rows` is True."""
-        for k in range(self.layers):
-            h, c = self._keep[5 * k + 3], self._keep[5 * k + 4]
+        for h, c in zip(self._h_state, self._c_state):
             if rows is None:
                 h.fill(0)
                 c.fill(0)
@@ -198,8 +206,7 @@ cdef class NativeLSTM:
 
     def state(self):
         """Copies of `(h, c)` for each layer, each `(batch, units)`."""
-        return [(self._keep[5 * k + 3].copy(), self._keep[5 * k + 4].copy())
-                for k in range(self.layers)]
+        return [(h.copy(), c.copy()) for h, c in zip(self._h_state, self._c_state)]
 
     cdef _ids(self, ids):
         arr = np.asarray(ids)
@@ -247,8 +254,9 @@ cdef class NativeLSTM:
         """
         self._check_single("step_sample1", char_id, temperature)
         cdef int32_t cid = char_id, out
+        cdef int k = top_k
         cdef cs_sampling s
-        s.temperature, s.top_k, s.u, s.out, s.p = temperature, top_k, &u, &out, &self._p[0, 0]
+        s.temperature, s.top_k, s.u, s.out, s.p = &temperature, &k, &u, &out, &self._p[0, 0]
         with nogil:
             cs_step(&self.net, &cid, &self._logits[0, 0], &s)
         return out
@@ -267,9 +275,9 @@ cdef class NativeLSTM:
         cdef int32_t[::1] ov = out
         cdef double[::1] uv = uarr
         cdef int32_t cid = first_id
-        cdef int i
+        cdef int i, k = top_k
         cdef cs_sampling s
-        s.temperature, s.top_k, s.p = temperature, top_k, &self._p[0, 0]
+        s.temperature, s.top_k, s.p = &temperature, &k, &self._p[0, 0]
         with nogil:
             for i in range(n):
                 s.u = &uv[i]
@@ -338,15 +346,71 @@ cdef class NativeLSTM:
         for b in range(n):
             if not 0 <= ids[b] < self.net.depth:
                 raise ValueError(f"ids[{b}] = {ids[b]} is out of range for depth {self.net.depth}")
+        self._temperature[:] = temperature
+        self._top_k[:] = top_k
         cdef cs_sampling s
-        s.temperature, s.top_k, s.u, s.out, s.p = temperature, top_k, &u[0], &out[0], &self._p[0, 0]
+        s.temperature, s.top_k = &self._temperature[0], &self._top_k[0]
+        s.u, s.out, s.p = &u[0], &out[0], &self._p[0, 0]
         with nogil:
             cs_step(&self.net, &ids[0], &self._logits[0, 0], &s)
+
+    cpdef step_rows(self, int rows, const int32_t[::1] ids, const double[::1] temperature,
+                    const int[::1] top_k, const double[::1] u, int32_t[::1] out):
+        """Step streams `0 .. rows - 1` only, each with its own temperature and top-k:
+        feed `ids[b]`, sample into `out[b]` with `u[b]`; streams `rows ..` keep their
+        state untouched. A continuous-batching server keeps its active streams in
+        the first rows, so a tick costs what its active streams need."""
+        cdef int b
+        if not 0 <= rows <= self.net.batch:
+            raise ValueError(f"rows must be in [0, {self.net.batch}], got {rows}")
+        for arr, name in ((ids, "ids"), (temperature, "temperature"), (top_k, "top_k"),
+                          (u, "u"), (out, "out")):
+            if arr.shape[0] < rows:
+                raise ValueError(f"{name} must hold at least {rows} values, got {arr.shape[0]}")
+        for b in range(rows):
+            if not 0 <= ids[b] < self.net.depth:
+                raise ValueError(f"ids[{b}] = {ids[b]} is out of range for depth {self.net.depth}")
+            if not 0 <= temperature[b] < float("inf"):
+                raise ValueError(f"temperature[{b}] must be a finite number >= 0, "
+                                 f"got {temperature[b]}")
+        if rows == 0:
+            return
+        cdef cs_net part = self.net   # the same buffers, the first `rows` streams
+        part.batch = rows
+        cdef cs_sampling s
+        s.temperature, s.top_k, s.u = &temperature[0], &top_k[0], &u[0]
+        s.out, s.p = &out[0], &self._p[0, 0]
+        with nogil:
+            cs_step(&part, &ids[0], &self._logits[0, 0], &s)
+
+    def copy_row(self, int src, int dst):
+        """Give stream `dst` the state of stream `src` (every layer's h and c)."""
+        if not (0 <= src < self.net.batch and 0 <= dst < self.net.batch):
+            raise ValueError(f"rows must be in [0, {self.net.batch}), got {src} and {dst}")
+        for h, c in zip(self._h_state, self._c_state):
+            h[dst] = h[src]
+            c[dst] = c[src]
+
+    def get_row(self, int row):
+        """Copies of stream `row`'s state: `[(h, c), ...]` per layer, each `(units,)`."""
+        if not 0 <= row < self.net.batch:
+            raise ValueError(f"row must be in [0, {self.net.batch}), got {row}")
+        return [(h[row].copy(), c[row].copy()) for h, c in zip(self._h_state, self._c_state)]
+
+    def set_row(self, int row, state):
+        """Give stream `row` a state from `get_row`."""
+        if not 0 <= row < self.net.batch:
+            raise ValueError(f"row must be in [0, {self.net.batch}), got {row}")
+        if len(state) != self.layers:
+            raise ValueError(f"state must hold {self.layers} layers, got {len(state)}")
+        for (h, c), (hs, cs) in zip(zip(self._h_state, self._c_state), state):
+            h[row] = hs
+            c[row] = cs
 
 
 def sample_from_logits(logits, double temperature, int top_k, double u):
     """The C sampler on one row of logits (for tests: the NumPy twin is
-    `charstream.stream.sample_id` on `softmax(logits)`). `top_k <= 0` keeps all."""
+    `charstream._reference.sample_id` on `softmax(logits)`). `top_k <= 0` keeps all."""
     arr = np.ascontiguousarray(logits, dtype=np.float32)
     if arr.ndim != 1 or not 1 <= arr.shape[0] <= 256:
         raise ValueError(f"logits must have shape (depth,) with 1 <= depth <= 256, got {arr.shape}")

@@ -2,9 +2,10 @@
  * sampling, for `batch` independent streams, in plain C with no Python objects.
  *
  * Keras's LSTM exactly: z = x @ kernel + h @ recurrent_kernel + bias, split into
- * gates in Keras's order [i, f, c, o]; i, f, o = sigmoid, candidate = tanh,
- * c' = f * c + i * tanh_candidate, h' = o * tanh(c'). Layer 0's input is one-hot,
- * so x @ kernel is one row of the kernel.
+ * four gates in Keras's order [i, f, g, o] (input, forget, candidate, output;
+ * Keras names the candidate c, and stream.npz records the order as "ifco"):
+ * i, f, o = sigmoid, g = tanh, c' = f * c + i * g, h' = o * tanh(c'). Layer 0's
+ * input is one-hot, so x @ kernel is one row of the kernel.
  *
  * Matrix products are written as rows of axpy (z += a * w_row, four rows at a
  * time), which compilers vectorise; streams are processed CS_CHUNK at a time so
@@ -21,7 +22,8 @@
 #include <string.h>
 #if defined(__SSE__)
 #include <xmmintrin.h>
-/* Flush subnormal floats to zero, as TensorFlow's CPU kernels do: a trained
+/* Flush subnormal results to zero (FTZ, bit 15 of MXCSR) and treat subnormal
+ * inputs as zero (DAZ, bit 6): 0x8040, as TensorFlow's CPU kernels do. A trained
  * model's gates produce subnormals, and each costs ~100 cycles in hardware. */
 #define CS_FTZ_BEGIN const unsigned int cs_csr = _mm_getcsr(); _mm_setcsr(cs_csr | 0x8040);
 #define CS_FTZ_END _mm_setcsr(cs_csr);
@@ -58,8 +60,9 @@ typedef struct {
     const float *dense_b;           /* (depth) */
     float **h;                      /* [layers] (batch, u_k), updated in place */
     float **c;                      /* [layers] (batch, u_k), updated in place */
-    int gmax;                       /* 4 u_max: the scratch row length */
-    float *z;                       /* scratch (chunks * CS_CHUNK, gmax) */
+    int gmax;                       /* 4 u_max: the largest gate row */
+    float *z;                       /* scratch: CS_CHUNK * gmax floats per chunk; layer k
+                                       uses its chunk's as (CS_CHUNK, 4 u_k), row stride 4 u_k */
 } cs_net;
 
 CS_INLINE void cs_axpy(float *restrict y, float a, const float *restrict x, int n) {
@@ -175,12 +178,12 @@ CS_INLINE void cs_tanh_n(float *restrict x, int n) {
     for (int j = 0; j < n; j++) x[j] = cs_tanh(x[j]);
 }
 
-/* c' = f c + i g, h' = o tanh(c') over one stream's gates z = [i, f, g, o]. */
+/* c' = f c + i g, h' = o tanh(c') over one stream's activated gates z = [i, f, g, o]. */
 CS_INLINE void cs_cell(const float *restrict z, float *restrict h, float *restrict c, int u) {
-    const float *restrict i_g = z, *restrict f_g = z + u, *restrict c_g = z + 2 * u;
+    const float *restrict i_g = z, *restrict f_g = z + u, *restrict g_g = z + 2 * u;
     const float *restrict o_g = z + 3 * u;
     for (int j = 0; j < u; j++) {
-        const float cn = f_g[j] * c[j] + i_g[j] * c_g[j];
+        const float cn = f_g[j] * c[j] + i_g[j] * g_g[j];
         c[j] = cn;
         h[j] = o_g[j] * cs_tanh(cn);
     }
@@ -201,7 +204,7 @@ CS_INLINE void cs_softmax(const float *logits, int depth, double temperature, do
     for (int i = 0; i < depth; i++) p[i] /= total;
 }
 
-/* Sample one id under charstream's contract (see charstream/stream.py):
+/* Sample one id under charstream's contract (see charstream/sampling.py):
  * temperature 0 is argmax (first maximum); otherwise softmax(logits / T), keep
  * the top_k most likely (ties to the lower id; top_k <= 0 keeps all), and return
  * the first id whose cumulative probability exceeds u * total. p: depth doubles
@@ -244,13 +247,14 @@ CS_INLINE int32_t cs_sample(const float *logits, int depth, double temperature,
 }
 
 
-/* Sampling done inside cs_step, per stream, on the core that computed it. */
+/* Sampling done inside cs_step, per stream, on the core that computed it; each
+ * stream has its own temperature and top-k (streams of a server batch differ). */
 typedef struct {
-    double temperature;
-    int top_k;
-    const double *u;     /* (batch) uniforms */
-    int32_t *out;        /* (batch) sampled ids */
-    double *p;           /* (batch, depth) scratch */
+    const double *temperature;  /* (batch) */
+    const int *top_k;           /* (batch); <= 0 keeps every id */
+    const double *u;            /* (batch) uniforms */
+    int32_t *out;               /* (batch) sampled ids */
+    double *p;                  /* (batch, depth) scratch */
 } cs_sampling;
 
 /* One step of every stream: feed ids[b] to stream b, leave its next-character
@@ -286,7 +290,7 @@ static void cs_step(const cs_net *net, const int32_t *ids, float *logits,
             for (int r = 0; r < nb; r++) {
                 float *zr = z + (size_t)r * g;
                 cs_sigmoid_n(zr, 2 * u);          /* i, f */
-                cs_tanh_n(zr + 2 * u, u);         /* candidate */
+                cs_tanh_n(zr + 2 * u, u);         /* g, the candidate */
                 cs_sigmoid_n(zr + 3 * u, u);      /* o */
                 cs_cell(zr, net->h[k] + (size_t)(b0 + r) * u, net->c[k] + (size_t)(b0 + r) * u, u);
             }
@@ -299,8 +303,9 @@ static void cs_step(const cs_net *net, const int32_t *ids, float *logits,
             if (sampling)
                 for (int r = 0; r < nb; r++)
                     sampling->out[b0 + r] = cs_sample(
-                        out + (size_t)r * d, d, sampling->temperature, sampling->top_k,
-                        sampling->u[b0 + r], sampling->p + (size_t)(b0 + r) * d);
+                        out + (size_t)r * d, d, sampling->temperature[b0 + r],
+                        sampling->top_k[b0 + r], sampling->u[b0 + r],
+                        sampling->p + (size_t)(b0 + r) * d);
         }
         CS_FTZ_END
     }

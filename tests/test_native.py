@@ -12,7 +12,10 @@ from charstream import StreamGenerator
 from charstream._stream import NativeLSTM, sample_from_logits
 from charstream.model import build_inference_model, build_training_model, lstm_layers, reset_states
 from charstream.native import load_stream_weights
-from charstream.stream import sample_id
+from charstream import _reference as ref
+from charstream.sampling import sample_id
+
+from conftest import load_run
 
 
 def _native(train_model, batch=1):
@@ -86,7 +89,7 @@ def test_same_seed_same_text_on_both_backends(keras_gen, native_gen, kwargs):
 @settings(max_examples=200, deadline=None)
 @given(st.integers(1, 60), st.integers(0, 2**32 - 1),
        st.sampled_from([0.0, 0.5, 1.0, 2.0]), st.integers(0, 70))
-def test_c_sampler_equals_numpy_sampler(depth, seed, temperature, top_k):
+def test_c_and_numpy_samplers_equal_the_reference(depth, seed, temperature, top_k):
     rng = np.random.default_rng(seed)
     logits = rng.normal(0, 3, depth).astype(np.float32)
     if depth > 3:
@@ -94,9 +97,83 @@ def test_c_sampler_equals_numpy_sampler(depth, seed, temperature, top_k):
     u = float(rng.random())
     p = np.exp(logits.astype(np.float64) - logits.max())
     p /= p.sum()
-    expected = sample_id(p, temperature, top_k or None, u)
+    expected = ref.sample_id(p, temperature, top_k or None, u)
     assert sample_from_logits(logits, temperature, top_k, u) == expected
+    assert sample_id(p, temperature, top_k or None, u) == expected
 
+
+@pytest.mark.parametrize("depth, units, batch", [(36, [128], 1), (7, [5, 9], 3), (60, [33, 8, 17], 9)])
+def test_native_step_equals_the_reference_step(depth, units, batch):
+    # Random weights of Keras's init scale, several layers and streams, 300 steps.
+    rng = np.random.default_rng(depth)
+    lstms, inp = [], depth
+    for u in units:
+        lstms.append((rng.normal(0, 0.3, (inp, 4 * u)).astype(np.float32),
+                      rng.normal(0, 0.3, (u, 4 * u)).astype(np.float32),
+                      rng.normal(0, 0.3, 4 * u).astype(np.float32)))
+        inp = u
+    dense = (rng.normal(0, 0.3, (inp, depth)).astype(np.float32),
+             rng.normal(0, 0.3, depth).astype(np.float32))
+    net = NativeLSTM(lstms, *dense, batch=batch)
+    worst_p = worst_state = 0.0
+    for _ in range(300):
+        # Each step from the native state as it stands, so float32 rounding cannot
+        # accumulate through a chaotic recurrence: the step itself is compared.
+        ids = rng.integers(0, depth, batch)
+        before = [(h.astype(np.float64), c.astype(np.float64)) for h, c in net.state()]
+        expected, state = ref.lstm_step(lstms, dense, ids, before)
+        worst_p = max(worst_p, float(np.abs(net.probs(ids) - expected).max()))
+        for (h, c), (h_ref, c_ref) in zip(net.state(), state):
+            worst_state = max(worst_state, float(np.abs(h - h_ref).max()),
+                              float(np.abs(c - c_ref).max() / max(1.0, np.abs(c_ref).max())))
+    assert worst_p <= 1e-5 and worst_state <= 1e-5
+
+
+
+def test_step_rows_samples_each_row_with_its_own_settings():
+    # A server batch: only the first `rows` streams step, each with its own
+    # temperature, top-k and uniform. Every sampled id must be the reference
+    # sampler's over that stream's own distribution (a batch-1 twin per stream).
+    import keras
+
+    keras.utils.set_random_seed(1)
+    inf = build_inference_model(build_training_model(depth=20, units=16))
+    weights = [l.get_weights() for l in lstm_layers(inf)], *inf.layers[-1].get_weights()
+    net = NativeLSTM(weights[0], *weights[1:], batch=6)
+    twins = [NativeLSTM(weights[0], *weights[1:]) for _ in range(6)]
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 20, 6).astype(np.int32)
+    out = np.zeros(6, np.int32)
+    for _ in range(300):
+        rows = int(rng.integers(0, 7))
+        temperature = rng.choice([0.0, 0.5, 1.0, 1.7], 6)
+        top_k = rng.integers(0, 25, 6).astype(np.intc)
+        u = rng.random(6)
+        net.step_rows(rows, ids, temperature, top_k, u, out)
+        for b in range(rows):
+            p = twins[b].probs([ids[b]])[0]
+            assert out[b] == ref.sample_id(p, temperature[b], int(top_k[b]) or None, u[b])
+            ids[b] = out[b]
+    for b in range(6):  # rows never stepped kept their state all along
+        np.testing.assert_array_equal(net.get_row(b)[0][0], twins[b].state()[0][0][0])
+
+
+def test_rows_can_be_moved_saved_and_restored():
+    model = build_training_model(depth=5, units=4)
+    net = _native(model, batch=3)
+    net.probs([1, 2, 3])
+    saved = net.get_row(2)
+    net.copy_row(2, 0)
+    np.testing.assert_array_equal(net.get_row(0)[0][0], saved[0][0])
+    net.reset([False, False, True])
+    net.set_row(2, saved)
+    np.testing.assert_array_equal(net.get_row(2)[0][1], saved[0][1])
+    with pytest.raises(ValueError, match=r"rows must be in \[0, 3\], got 4"):
+        net.step_rows(4, np.zeros(4, np.int32), np.ones(4), np.zeros(4, np.intc),
+                      np.zeros(4), np.zeros(4, np.int32))
+    with pytest.raises(ValueError, match=r"temperature\[1\] must be a finite number >= 0"):
+        net.step_rows(2, np.zeros(2, np.int32), np.array([1.0, -1.0]), np.zeros(2, np.intc),
+                      np.zeros(2), np.zeros(2, np.int32))
 
 def test_batched_streams_equal_single_streams(trained_run, native_gen, keras_gen):
     primes = ["ROMEO:", "", "a", "first citizen: before we proceed", "ALL:"]
@@ -136,8 +213,43 @@ def test_reset_rows_zeroes_only_those_rows():
     net.reset([False, True, False])
     after = net.state()
     for (h0, c0), (h1, c1) in zip(before, after):
+        assert h0[1].any() and c0[1].any()  # there was a state to lose
         np.testing.assert_array_equal(h1[[0, 2]], h0[[0, 2]])
+        np.testing.assert_array_equal(c1[[0, 2]], c0[[0, 2]])
         assert not h1[1].any() and not c1[1].any()
+
+
+def test_keras_backend_reset_rows_keeps_the_other_rows(trained_run):
+    from charstream.keras_backend import KerasBackend
+
+    model, _, _ = load_run(trained_run)
+    backend = KerasBackend(model, batch=3)
+    alone = KerasBackend(model, batch=3)
+    for ids in ([1, 2, 3], [4, 5, 6]):
+        backend.probs(ids)
+        alone.probs(ids)
+    backend.reset([False, True, False])
+    after = backend.probs([7, 8, 9])
+    kept = alone.probs([7, 8, 9])
+    alone.reset()
+    fresh = alone.probs([7, 8, 9])
+    np.testing.assert_array_equal(after[[0, 2]], kept[[0, 2]])   # rows 0, 2 kept their state
+    np.testing.assert_allclose(after[1], fresh[1], atol=1e-7)     # row 1 started over
+    assert not np.allclose(after[1], kept[1], atol=1e-4)
+
+
+def test_unseeded_batched_streams_differ_from_each_other_and_from_run_to_run(trained_run):
+    batch = StreamGenerator.load(trained_run, backend="native", batch_size=4)
+    first = list(batch.stream_batch(["romeo:"] * 4, seeds=None, max_chars=60))
+    second = list(batch.stream_batch(["romeo:"] * 4, seeds=None, max_chars=60))
+    texts = ["".join(r[k] for r in first) for k in range(4)]
+    again = ["".join(r[k] for r in second) for k in range(4)]
+    assert len(set(texts)) == 4                       # each stream draws its own
+    assert set(texts).isdisjoint(again)               # fresh entropy every call
+    seeded = StreamGenerator.load(trained_run, backend="native", batch_size=4)
+    pinned = [list(seeded.stream_batch(["romeo:"] * 4, seeds=[5, 6, 7, 8], max_chars=60))
+              for _ in range(2)]
+    assert pinned[0] == pinned[1]                     # while a seed pins the text
 
 
 # --------------------------------------------------------------------------- bad input
@@ -213,6 +325,12 @@ def test_corrupt_or_mismatched_stream_weights(trained_run, tmp_path):
     expect("layer 0 recurrent kernel must have shape")
     _save(path, **{**good, "meta": np.frombuffer(json.dumps({**meta, "depth": 40}).encode(), np.uint8)})
     expect("stream.npz reads and predicts 40 symbols but vocab.json has 36")
+    # The recorded cell must be the one the C step computes.
+    for key, value in (("gates", "fico"), ("activation", "relu"),
+                       ("recurrent_activation", "hard_sigmoid")):
+        _save(path, **{**good, "meta": np.frombuffer(
+            json.dumps({**meta, key: value}).encode(), np.uint8)})
+        expect(f"meta '{key}' is '{value}', but the native step computes")
     path.unlink()
     with pytest.raises(FileNotFoundError, match="stream.npz: no such stream weights file"):
         StreamGenerator.load(run, backend="native")
@@ -222,8 +340,6 @@ def test_corrupt_or_mismatched_stream_weights(trained_run, tmp_path):
 
 
 def test_exported_weights_are_the_inference_copys(trained_run):
-    from charstream.stream import load_run
-
     model, _, _ = load_run(trained_run)
     weights = load_stream_weights(trained_run / "stream.npz")
     inf = build_inference_model(model)

@@ -1,0 +1,206 @@
+"""Load on `python -m charstream.serve` over loopback: many streaming clients at once.
+
+    python benchmarks/load.py                       # 16, 64, 256 clients, 10 s each
+    python benchmarks/load.py --clients 256 --seconds 20 --run runs/shakespeare
+
+For each client count N, a server with N streams (`--max-streams N`) runs in its
+own process on 127.0.0.1; N asyncio clients (uvloop when installed) each stream
+completions of `--tokens` characters back to back (every request a new seed) for
+`--seconds`, then disconnect. Reported: the aggregate characters per second, the
+time to the first character (request sent to first text received; p50 and p99
+over all requests), the longest gap between two chunks of one response (p99 over
+responses), and, beside it, the in-process `StreamGenerator.stream_batch` rate at
+batch N on the same model (no HTTP, no scheduling): their ratio is what the
+server keeps of the native step. Every finished response is checked against the
+single stream of its seed (`StreamGenerator.load(run, backend="native")`).
+
+Without --run the model is the default LSTM(128) with random weights (the speed
+does not depend on the weights), written to a temporary run directory.
+Clients and server share this machine's cores, so the figures are a floor.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PRIME = "ROMEO:"
+
+
+def make_run(folder: Path) -> Path:
+    """A run directory with the default model's random weights."""
+    import keras
+
+    from charstream.config import TrainConfig
+    from charstream.model import build_training_model, stream_weights
+    from charstream.native import export_stream_weights
+    from charstream.run import Corpus, RunDir
+    from charstream.text import Vocabulary
+
+    run = RunDir(folder / "random")
+    run.create(TrainConfig(), Corpus(folder / "none.txt", "", b"", Vocabulary.default()))
+    keras.utils.set_random_seed(0)
+    export_stream_weights(stream_weights(build_training_model()), run.stream_file, 16)
+    return run.path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Client:
+    """One client: raw HTTP/1.1 over asyncio streams, server-sent events parsed."""
+
+    def __init__(self, port: int, index: int, tokens: int):
+        self.port, self.index, self.tokens = port, index, tokens
+        self.ttfc, self.gaps, self.done = [], [], []   # done: (seed, text) of finished ones
+        self.chars = 0
+
+    async def run(self, until: float) -> None:
+        seed = self.index * 100_000
+        while time.monotonic() < until:
+            text = await self.one(seed, until)
+            if text is not None:
+                self.done.append((seed, text))
+            seed += 1
+
+    async def one(self, seed: int, until: float):
+        body = json.dumps({"prompt": PRIME, "max_tokens": self.tokens, "seed": seed,
+                           "temperature": 1.0, "stream": True}).encode()
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        sent = time.monotonic()
+        writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert b" 200 " in head.split(b"\r\n")[0], head
+        parts, pending, last, finished, longest = [], b"", None, False, 0.0
+        try:
+            while not finished:
+                size = int((await reader.readline()).strip(), 16)   # chunked encoding
+                data = await reader.readexactly(size + 2)
+                if size == 0:
+                    break
+                pending += data[:-2]
+                *events, pending = pending.split(b"\n\n")
+                for event in events:
+                    payload = event[6:]
+                    if payload == b"[DONE]":
+                        finished = True
+                        continue
+                    text = json.loads(payload)["choices"][0]["text"]
+                    if not text:
+                        continue
+                    now = time.monotonic()
+                    if last is None:
+                        self.ttfc.append(now - sent)
+                    else:
+                        longest = max(longest, now - last)
+                    last = now
+                    parts.append(text)
+                    self.chars += len(text)
+                if time.monotonic() > until:
+                    return None                       # cut by the clock: not checked
+        finally:
+            writer.close()
+            self.gaps.append(longest)
+        return "".join(parts)
+
+
+async def load(port: int, clients: int, seconds: float, tokens: int):
+    until = time.monotonic() + seconds
+    crowd = [Client(port, k, tokens) for k in range(clients)]
+    started = time.monotonic()
+    await asyncio.gather(*(c.run(until) for c in crowd))
+    elapsed = time.monotonic() - started
+    return crowd, elapsed
+
+
+def in_process_rate(run: Path, batch: int, steps: int = 400) -> float:
+    from charstream import StreamGenerator
+
+    gen = StreamGenerator.load(run, backend="native", batch_size=batch)
+    rows = gen.stream_batch([PRIME] * batch, seeds=range(batch))
+    for _ in range(10):
+        next(rows)
+    started = time.perf_counter()
+    for _ in range(steps):
+        next(rows)
+    return batch * steps / (time.perf_counter() - started)
+
+
+def check(run: Path, crowd) -> tuple[int, int]:
+    from charstream import StreamGenerator
+
+    gen = StreamGenerator.load(run, backend="native")
+    done = [(seed, text) for c in crowd for seed, text in c.done]
+    good = sum(text == gen.generate(len(text), prime=PRIME, seed=seed) for seed, text in done)
+    return good, len(done)
+
+
+def pct(values, q) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+def measure(run: Path, clients: int, seconds: float, tokens: int) -> str:
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "charstream.serve", str(run), "--port",
+                               str(port), "--max-streams", str(clients), "--max-queue",
+                               str(clients)], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None
+                time.sleep(0.1)
+        crowd, elapsed = asyncio.run(load(port, clients, seconds, tokens))
+    finally:
+        server.terminate()
+        server.wait(30)
+    chars = sum(c.chars for c in crowd)
+    ttfc = [t for c in crowd for t in c.ttfc]
+    gaps = [g for c in crowd for g in c.gaps]
+    good, total = check(run, crowd)
+    local = in_process_rate(run, clients)
+    rate = chars / elapsed
+    return (f"| {clients} | {rate:,.0f} | {statistics.median(ttfc) * 1e3:.0f} ms "
+            f"| {pct(ttfc, 0.99) * 1e3:.0f} ms | {pct(gaps, 0.99) * 1e3:.0f} ms | {local:,.0f} "
+            f"| {rate / local:.2f} | {good} of {total} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, default=None)
+    parser.add_argument("--clients", type=int, nargs="+", default=[16, 64, 256])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--tokens", type=int, default=2000,
+                        help="characters per completion (default: 2000)")
+    args = parser.parse_args()
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    with tempfile.TemporaryDirectory() as tmp:
+        run = args.run or make_run(Path(tmp))
+        print("| clients | characters/s | first character p50 | p99 | longest gap p99 "
+              "| in-process stream_batch chars/s | HTTP / in-process | texts equal |")
+        print("|---|---|---|---|---|---|---|---|")
+        for clients in args.clients:
+            print(measure(run, clients, args.seconds, args.tokens), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""The continuous-batching engine: every request's text is the single stream's,
+whatever else shares its ticks; rows and slots are freed; the queue is bounded;
+slow readers park; shutdown ends every stream."""
+import asyncio
+import random
+
+import numpy as np
+import pytest
+
+from charstream import StreamGenerator
+from charstream.engine import Engine, QueueFull, ShuttingDown
+
+
+@pytest.fixture(scope="module")
+def single(trained_run):
+    return StreamGenerator.load(trained_run, backend="native")
+
+
+def _alone(single, spec):
+    return single.generate(spec["max_tokens"], prime=spec["prime"], temperature=spec["temperature"],
+                           top_k=spec["top_k"], seed=spec["seed"])
+
+
+async def _collect(engine, spec, delay=0.0, cancel_after=None):
+    await asyncio.sleep(delay)
+    req = engine.submit(**spec)
+    out = []
+    async for chunk in req.chunks():
+        out.append(chunk)
+        if cancel_after is not None and sum(map(len, out)) >= cancel_after:
+            break
+    return "".join(out), req
+
+
+def test_every_request_equals_its_single_stream_under_churn(trained_run, single):
+    rng = random.Random(0)
+    primes = ["ROMEO:", "", "a", "first citizen: before we proceed any further", "ALL:\n"]
+    specs = [dict(prime=rng.choice(primes), max_tokens=rng.randint(1, 400),
+                  temperature=rng.choice([0.0, 0.5, 0.8, 1.0, 1.6]),
+                  top_k=rng.choice([None, 1, 3, 12]), seed=rng.randint(0, 10**6))
+             for _ in range(60)]
+
+    async def main():
+        engine = Engine.load(trained_run, max_streams=7, max_queue=100, flush=0.005)
+        async with engine:
+            results = await asyncio.gather(*(_collect(engine, s, rng.random() * 0.3)
+                                             for s in specs))
+            assert engine.stats()["active"] == 0 and engine.stats()["queued"] == 0
+            assert sorted(engine._free) == list(range(7))  # every slot came back
+            return results, engine.ticks
+
+    results, ticks = asyncio.run(main())
+    for spec, (text, req) in zip(specs, results):
+        assert text == _alone(single, spec), spec
+        assert req.finish_reason == "length"
+    # They shared ticks: far fewer steps than the characters they made together.
+    assert ticks < sum(s["max_tokens"] + len(s["prime"]) for s in specs) / 2
+
+
+def test_cancelled_requests_free_their_rows_and_the_rest_are_unharmed(trained_run, single):
+    specs = [dict(prime="romeo", max_tokens=300, temperature=1.0, top_k=None, seed=k)
+             for k in range(6)]
+
+    async def main():
+        engine = Engine.load(trained_run, max_streams=3, flush=0.002)
+        async with engine:
+            tasks = [_collect(engine, s, cancel_after=40 if k % 2 else None)
+                     for k, s in enumerate(specs)]
+            results = await asyncio.gather(*tasks)
+            await asyncio.sleep(0.05)
+            return results, engine.stats(), sorted(engine._free)
+
+    results, stats, free = asyncio.run(main())
+    assert stats["active"] == 0 and free == [0, 1, 2]
+    for k, (text, req) in enumerate(results):
+        if k % 2:
+            assert req.finish_reason == "cancelled" and 40 <= len(text) < 300
+            assert _alone(single, specs[k]).startswith(text)
+        else:
+            assert text == _alone(single, specs[k])
+
+
+def test_the_queue_is_bounded(trained_run):
+    async def main():
+        engine = Engine.load(trained_run, max_streams=2, max_queue=3)
+        reqs = [engine.submit("romeo", max_tokens=10) for _ in range(5)]  # 2 rows + 3 waiting
+        with pytest.raises(QueueFull, match="all 2 streams are busy and 3 requests wait"):
+            engine.submit("romeo", max_tokens=10)
+        async with engine:
+            texts = [await _read(r) for r in reqs]
+        assert [len(t) for t in texts] == [10] * 5
+        with pytest.raises(ShuttingDown):
+            engine.submit("romeo")
+
+    asyncio.run(main())
+
+
+async def _read(req):
+    return "".join([chunk async for chunk in req.chunks()])
+
+
+def test_a_slow_reader_parks_resumes_and_gets_the_same_text(trained_run, single):
+    spec = dict(prime="juliet:", max_tokens=2000, temperature=1.0, top_k=None, seed=11)
+
+    async def main():
+        engine = Engine.load(trained_run, max_streams=2, buffer=64, flush=0.002)
+        async with engine:
+            slow = engine.submit(**spec)
+            fast = asyncio.ensure_future(_collect(engine, {**spec, "seed": 12}))
+            for _ in range(1000):               # the slow reader reads nothing yet
+                if slow.parked_since is not None:
+                    break
+                await asyncio.sleep(0.01)
+            assert slow.parked_since is not None and engine.stats()["parked"] == 1
+            assert 64 <= engine._written[slow.slot] < 2000
+            text = await _read(slow)            # now it reads: it resumes
+            return text, (await fast)[0], engine.stats()
+
+    text, other, stats = asyncio.run(main())
+    assert text == _alone(single, spec)
+    assert other == _alone(single, {**spec, "seed": 12})
+    assert stats["parked"] == 0 and stats["active"] == 0
+
+
+def test_a_reader_that_never_reads_is_stalled(trained_run):
+    async def main():
+        engine = Engine.load(trained_run, max_streams=2, buffer=16, stall_timeout=0.1,
+                             flush=0.002)
+        async with engine:
+            req = engine.submit("romeo", max_tokens=1000)
+            for _ in range(1000):      # parked after 16 characters, stalled 0.1 s later
+                if req.done:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)
+            return req, engine.stats()
+
+    req, stats = asyncio.run(main())
+    assert req.finish_reason == "stalled" and stats["parked"] == 0 and stats["active"] == 0
+
+
+def test_shutdown_ends_every_stream(trained_run):
+    async def main():
+        engine = Engine.load(trained_run, max_streams=2, flush=0.002)
+        async with engine:
+            reqs = [engine.submit("romeo", max_tokens=100_000) for _ in range(3)]
+            await asyncio.sleep(0.1)
+            engine.shutdown_soon()
+            texts = await asyncio.wait_for(asyncio.gather(*(_read(r) for r in reqs)), 10)
+        return reqs, texts
+
+    reqs, texts = asyncio.run(main())
+    assert [r.finish_reason for r in reqs] == ["shutdown"] * 3
+    assert len(texts[0]) > 0 and texts[2] == ""  # the third never got a row
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(max_tokens=0), "max_tokens must be a positive integer, got 0"),
+    (dict(max_tokens=10**9), "max_tokens must be at most 100000, got 1000000000"),
+    (dict(temperature=-1), "temperature must be a finite number >= 0, got -1"),
+    (dict(top_k=0), "top_k must be a positive integer or None, got 0"),
+    (dict(prime="x" * 5000), "prompt has 5000 characters; at most 4096"),
+    (dict(seed=-2), "seed must be a non-negative integer, got -2"),
+])
+def test_bad_requests(trained_run, kwargs, match):
+    engine = Engine.load(trained_run, max_streams=1)
+    with pytest.raises(ValueError, match=match):
+        engine.submit(**kwargs)
+
+
+def test_an_unrepresentable_prime_in_a_raw_run(tmp_path):
+    from charstream import train
+
+    path = tmp_path / "abc.txt"
+    path.write_text("abc abc cab " * 300)
+    run = tmp_path / "run"
+    assert train.main(["--data", str(path), "--no-reduce", "--units", "4", "--epochs", "1",
+                       "--batch-size", "4", "--out", str(run), "--sample-length", "0"]) == 0
+    engine = Engine.load(run, max_streams=1)
+    with pytest.raises(ValueError, match=r"'z' \(U\+007A\) at position 1 is not in the vocabulary"):
+        engine.submit("az")
+    assert np.array_equal(engine.check("abc", 1, 1.0, None), [1, 2, 3])
