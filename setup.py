@@ -1,8 +1,13 @@
-"""Build the Cython kernels in csrc/ into charstream._text.
+"""Build the two compiled extensions from csrc/: charstream._text (the text and
+one-hot kernels, csrc/_text.pyx) and charstream._stream (the native stream step,
+csrc/_stream.pyx over csrc/lstm_step.h).
 
-Metadata lives in pyproject.toml; this file only describes the extension.
-Set CHARSTREAM_DEBUG=1 to rebuild with bounds and initialisation checks on
-(and no -O3) when chasing a memory bug in a kernel.
+Metadata lives in pyproject.toml; this file only describes the extensions.
+A C compiler is needed (gcc or clang); Cython and NumPy come from the build
+requirements. OpenMP (-fopenmp) spreads batched streams over the cores on Linux;
+CHARSTREAM_OPENMP=0 builds without it (single-threaded batches, nothing else
+changes). CHARSTREAM_DEBUG=1 rebuilds with bounds and initialisation checks on
+(and -O0 -g) when chasing a memory bug in a kernel.
 """
 import os
 import sys
