@@ -63,6 +63,7 @@ def _stepper(backend, text: str):
 def test_stream_generator(benchmark, random_run, backend):
     from charstream import StreamGenerator
 
+    benchmark.extra_info["contender"] = f"stream_generator ({backend})"
     gen = StreamGenerator.load(random_run, backend=backend)
     chars = gen.stream(prime=PRIME, seed=SEED)
     for _ in range(50):  # warm-up outside the timing

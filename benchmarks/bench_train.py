@@ -10,6 +10,7 @@ graph; afterwards the round's mean loss must equal the plain-`fit` reference's
 (an untimed run of its own) within TOLERANCE: the settings change the speed,
 not the training.
 """
+import keras
 import numpy as np
 import pytest
 
@@ -32,8 +33,6 @@ def stream_batches(corpus_ids):
 
 @pytest.fixture(scope="module")
 def initial_weights():
-    import keras
-
     from charstream.model import build_stream_model
 
     keras.utils.set_random_seed(0)
@@ -45,8 +44,6 @@ class KerasRun:
     same initial weights and optimizer state before every round."""
 
     def __init__(self, settings: dict, weights, batches):
-        import keras
-
         from charstream.model import build_stream_model
 
         self.model = build_stream_model(BATCH, SEQ, unroll=settings["unroll"],
@@ -57,7 +54,8 @@ class KerasRun:
                 optimizer=keras.optimizers.Adam(2e-3, clipvalue=1.0),
                 loss="sparse_categorical_crossentropy",
                 steps_per_execution=settings["steps_per_execution"], jit_compile=True)
-        self.weights, self.batches = weights, batches
+        self.weights = weights
+        self.batches = _AsBool(batches) if settings.get("bool_input") else batches
         self.model.optimizer.build(self.model.trainable_variables)
         self.fresh_optimizer = [v.numpy() for v in self.model.optimizer.variables]
         self.train(32)  # traces the graph (untimed)
@@ -75,6 +73,25 @@ class KerasRun:
         history = self.model.fit(self.batches, epochs=1, steps_per_epoch=steps, verbose=0,
                                  shuffle=False, callbacks=[self.batches.epoch_callback()])
         return history.history["loss"][0]
+
+
+class _AsBool(keras.utils.PyDataset):
+    """The same batches with bool inputs (what the Cython kernel wrote before
+    charstream switched to float32)."""
+
+    def __init__(self, batches):
+        super().__init__()
+        self.batches = batches
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __getitem__(self, index):
+        X, Y = self.batches[index]
+        return X.astype(bool), Y
+
+    def epoch_callback(self):
+        return self.batches.epoch_callback()
 
 
 class TorchRun:

@@ -1,6 +1,6 @@
 """Train the README's recipes and print its recipe table, one row per recipe.
 
-    python benchmarks/recipes.py                        # every recipe (about 75 minutes here)
+    python benchmarks/recipes.py                        # every recipe (about an hour here)
     python benchmarks/recipes.py --only default tutorial
     python benchmarks/recipes.py --list
 
@@ -12,8 +12,8 @@ sample excluded). The held-out losses are `python -m charstream.generate RUN
 --evaluate --backend native`: every 16-character window of the held-out tail from
 a zero state ("windowed"), and the tail as one continuous stream ("stream"), in
 nats and bits per character. Each row is printed as soon as its recipe ends.
-Times on this project's 2-core machine: tutorial 6-7 min, windows 12-15 min,
-stream and default about 6 min each, large about 30 min.
+Times on this project's 2-core machine: tutorial about 7 min, windows about 13
+min, stream and default about 6 min each, large about 28 min: about an hour in all.
 """
 from __future__ import annotations
 
@@ -31,11 +31,11 @@ from pathlib import Path
 RECIPES = {
     "tutorial": ("the tutorial exactly", ["--preset", "tutorial"]),
     "windows": ("the previous default: every window, shuffled",
-                ["--mode", "windows", "--batch-size", "128", "--epochs", "8",
-                 "--learning-rate", "2e-3"]),
+                ["--mode", "windows", "--batch-size", "128", "--epochs", "8", "--dropout", "0",
+                 "--learning-rate", "2e-3", "--lr-final", "0.1"]),
     "stream": ("carried state, no dropout",
-               ["--mode", "stream", "--dropout", "0", "--learning-rate", "3e-3"]),
-    "default": ("carried state, input dropout 0.1 (the default)", []),
+               ["--mode", "stream", "--dropout", "0"]),
+    "default": ("carried state, input dropout 0.05 (the default)", []),
     "large": ("--preset large", ["--preset", "large"]),
 }
 
@@ -45,7 +45,8 @@ def describe(run: Path) -> str:
     s = json.loads((run / "config.json").read_text())["settings"]
     parts = [s["mode"], f"{s['layers']}x{s['units']}", f"batch {s['batch_size']}",
              f"seq {s['seq_len']}", f"{s['epochs']} epochs",
-             f"Adam {s['learning_rate']:g}" + (" decayed to 10%" if s["lr_decay"] else "")]
+             f"Adam {s['learning_rate']:g}"
+             + (f" decayed to {s['lr_final']:g}x" if s["lr_decay"] else "")]
     if s["dropout"]:
         parts.append(f"dropout {s['dropout']:g}")
     if s["samples"]:

@@ -4,6 +4,7 @@
 - `Clock`, `TimeBudget`: training time across resumes, and `--max-time`.
 - `LinearDecay`: the learning rate, decayed over the run's epochs, or over its
   time budget if that ends the run first.
+- `ReseedDropout`: the dropout masks of epoch e come from (seed, e), resumed or not.
 - `ResetStreams`: a stateful (`--mode stream`) model starts each epoch from zero.
 - `StreamValidation`: the held-out loss of one continuous stream, scored by the
   native C step on a copy of the weights, so training's own state is untouched.
@@ -103,6 +104,25 @@ class LinearDecay(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
         if self.max_time:
             self._set()
+
+
+class ReseedDropout(keras.callbacks.Callback):
+    """Set the state of every random-seed generator in the model (the dropout
+    masks' source) from `(seed, epoch)` when each epoch begins. A checkpoint
+    keeps the weights and the optimizer but not these states, so without this a
+    resumed run would draw other masks than an uninterrupted one."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.seed = seed
+
+    def on_epoch_begin(self, epoch, logs=None):
+        states = [v for v in self.model.variables if v.name == "seed_generator_state"]
+        draws = np.random.default_rng([self.seed, epoch]).integers(0, 2**31, len(states))
+        for state, draw in zip(states, draws):
+            value = np.zeros(state.shape, dtype=state.dtype)
+            value[0] = draw
+            state.assign(value)
 
 
 class ResetStreams(keras.callbacks.Callback):

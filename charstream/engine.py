@@ -7,6 +7,8 @@ request that is still feeding its prime and one that is sampling share the tick;
 each row has its own temperature, top-k and uniform. A finished or cancelled
 request frees its row at once (the last active row moves into it, so a tick
 costs only the active rows); a waiting request takes a free row at the next tick.
+The engine schedules; `charstream.slots` keeps the batch's books (which row serves
+which request, their prime, uniform and output buffers).
 
 **Same seed, same text, whatever else runs**: a request's row computes exactly
 what `StreamGenerator.load(run, backend="native").stream(prime, temperature,
@@ -40,9 +42,8 @@ import numpy as np
 from . import _checks
 from .native import NativeBackend, load_stream_weights
 from .sampling import Uniforms, check_temperature, check_top_k, start_ids
+from .slots import Slots
 from .text import Vocabulary, reduce_text
-
-UNIFORMS = 256      # uniforms drawn per request at a time
 
 
 class QueueFull(RuntimeError):
@@ -67,7 +68,6 @@ class Request:
     parked_since: float | None = None
     saved_state: list | None = dataclasses.field(default=None, repr=False)
     setup: tuple | None = dataclasses.field(default=None, repr=False)
-    created: float = dataclasses.field(default_factory=time.monotonic)
 
     @property
     def done(self) -> bool:
@@ -131,27 +131,7 @@ class Engine:
         self.buffer, self.flush, self.stall_timeout = buffer, flush, stall_timeout
         self._codes = np.array([ord(c) for c in vocab.chars], dtype="<u4")
         self._newline = vocab.chars.find("\n")
-        S = max_streams
-        # Per slot (a request's home for its whole life):
-        self._prime = np.zeros((S, max_prime), np.int32)
-        self._prime_pos = np.zeros(S, np.int64)
-        self._feed_left = np.zeros(S, np.int64)      # prime ids still to feed before sampling
-        self._next = np.zeros(S, np.int32)           # the id the next tick feeds
-        self._temperature = np.zeros(S, np.float64)
-        self._top_k = np.zeros(S, np.intc)
-        self._limit = np.zeros(S, np.int64)          # max_tokens
-        self._ring = np.zeros((S, buffer), np.int32)
-        self._written = np.zeros(S, np.int64)        # characters produced
-        self._read = np.zeros(S, np.int64)           # characters read
-        self._u = np.zeros((S, UNIFORMS), np.float64)
-        self._u_pos = np.zeros(S, np.int64)
-        self._draws: list[Uniforms | None] = [None] * S
-        self._requests: list[Request | None] = [None] * S
-        self._free = list(range(S - 1, -1, -1))
-        # Per row of the net: which slot it serves; rows [0, active) are stepped.
-        self._row_slot = np.zeros(S, np.int64)
-        self._active = 0
-        self._out = np.zeros(S, np.int32)
+        self._slots = Slots(self.net, max_prime, buffer)
         self._queue: list[Request] = []
         self._parked: list[Request] = []
         self._done_unread: list[Request] = []   # ended, their last characters not yet read
@@ -162,7 +142,7 @@ class Engine:
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(1, "charstream-engine")
-        self.ticks = self.characters = self.requests = 0
+        self.ticks = self.requests = 0
         self._rate = _Rate()
 
     @classmethod
@@ -254,9 +234,10 @@ class Engine:
             _checks.non_negative_int(seed, "seed")
         # Requests queued beyond the free rows wait for one (the loop places the
         # others at its next tick).
-        if len(self._queue) - len(self._free) >= self.max_queue:
+        waiting = len(self._queue) - len(self._slots.free)
+        if waiting >= self.max_queue:
             raise QueueFull(f"all {self.max_streams} streams are busy and "
-                            f"{len(self._queue) - len(self._free)} requests wait")
+                            f"{waiting} requests wait")
         draws = Uniforms(seed)
         ids = start_ids(ids, self.vocab.size, self._newline, draws)
         req = Request(self, -1, len(ids), max_tokens)
@@ -273,26 +254,32 @@ class Engine:
         async for chunk in req.chunks():
             yield chunk
 
+    @property
+    def characters(self) -> int:
+        """Characters produced so far, all requests together."""
+        return self._slots.produced
+
     def stats(self) -> dict:
-        return {"active": self._active, "queued": len(self._queue), "parked": len(self._parked),
-                "max_streams": self.max_streams, "ticks": self.ticks,
-                "characters": self.characters, "requests": self.requests,
-                "characters_per_second": self._rate.value()}
+        return {"active": self._slots.active, "queued": len(self._queue),
+                "parked": len(self._parked), "max_streams": self.max_streams,
+                "ticks": self.ticks, "characters": self.characters, "requests": self.requests,
+                "characters_per_second": self._rate.value(self.characters)}
 
     # ------------------------------------------------------------------ the loop
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        slots = self._slots
         while True:
             self._wake.clear()  # what happens from here on wakes the loop (or ends a batch)
             if self._closing:
                 self._end_all()
             self._admit()
-            if not self._active:
+            if not slots.active:
                 # Nothing to step: readers take what is left, and the loop sleeps
                 # until a request, a cancel, a read or a freed slot wakes it.
                 self._broadcast()
-                if not ((self._queue and self._free) or self._resumable()):
+                if not ((self._queue and slots.free) or self._resumable()):
                     # Parked requests are checked for a stall even when all is quiet.
                     timeout = self.stall_timeout / 4 if self._parked else None
                     try:
@@ -300,65 +287,26 @@ class Engine:
                     except asyncio.TimeoutError:
                         pass
                 continue
-            slots = self._row_slot[:self._active].copy()
+            running = slots.running()
             deadline = time.monotonic() + self.flush
-            self.ticks += await loop.run_in_executor(self._executor, self._work, slots, deadline)
-            self._settle(slots)
+            self.ticks += await loop.run_in_executor(
+                self._executor, slots.work, running, deadline, self._wake.is_set)
+            self._rate.add(self.characters)
+            done, behind = slots.ended(running)
+            for slot in done:
+                self._finish(slots.owner[slot], "length")
+            for slot in behind:
+                req = slots.owner[slot]
+                if not req.done:
+                    req.saved_state, req.parked_since = slots.park(slot), time.monotonic()
+                    self._parked.append(req)
             if time.monotonic() - self._last_pulse >= self.flush:
                 self._broadcast()
 
-    def _work(self, slots, deadline: float) -> int:
-        """Tick the rows of `slots` (in the worker thread) until one of them ends
-        or must park, or `deadline`: everything here is array work on the
-        engine's own buffers, so the event loop only waits once per batch of
-        ticks. Readers may read meanwhile: a character is written before it is
-        counted, and a row stops before it would overwrite what is unread."""
-        n, ticks = len(slots), 0
-        out = self._out[:n]
-        while True:
-            feeding = self._feed_left[slots] > 0
-            ids = np.ascontiguousarray(self._next[slots])
-            # Rows still feeding their prime sample nothing: argmax, the cheapest.
-            temperature = np.where(feeding, 0.0, self._temperature[slots])
-            top_k = np.ascontiguousarray(np.where(feeding, 0, self._top_k[slots]),
-                                         dtype=np.intc)
-            u = self._u[slots, self._u_pos[slots]]
-            self.net.step_rows(n, ids, temperature, top_k, u, self._out)
-            ticks += 1
-            fed, sampled = slots[feeding], slots[~feeding]
-            self._prime_pos[fed] += 1
-            self._feed_left[fed] -= 1
-            self._next[fed] = self._prime[fed, self._prime_pos[fed]]
-            new = out[~feeding]
-            self._ring[sampled, self._written[sampled] % self.buffer] = new
-            self._written[sampled] += 1
-            self._next[sampled] = new
-            self._u_pos[sampled] += 1
-            self.characters += len(sampled)
-            self._rate.add(len(sampled))
-            for slot in sampled[self._u_pos[sampled] == UNIFORMS]:
-                self._u[slot] = self._draws[slot].take(UNIFORMS)
-                self._u_pos[slot] = 0
-            if ((self._written[sampled] >= self._limit[sampled]).any()
-                    or (self._written[sampled] - self._read[sampled] >= self.buffer).any()
-                    or time.monotonic() >= deadline or self._wake.is_set()):
-                return ticks
-
-    def _settle(self, slots) -> None:
-        """On the event loop, after a batch of ticks: end the requests that reached
-        max_tokens and park those whose readers fell a buffer behind."""
-        written = self._written[slots]
-        for slot in slots[written >= self._limit[slots]]:
-            self._finish(self._requests[slot], "length")
-        for slot in slots[written - self._read[slots] >= self.buffer]:
-            req = self._requests[slot]
-            if not req.done:
-                self._park(req)
-
-    # ------------------------------------------------------------------ rows and slots
+    # ------------------------------------------------------------------ admission
 
     def _running(self) -> list[Request]:
-        return [self._requests[s] for s in self._row_slot[:self._active]]
+        return [self._slots.owner[s] for s in self._slots.running()]
 
     def _end_all(self) -> None:
         for req in list(self._queue) + list(self._parked) + self._running():
@@ -367,6 +315,7 @@ class Engine:
     def _admit(self) -> None:
         """Free the rows of cancelled requests, resume readers that caught up,
         cancel stalled ones, and give waiting requests the free rows."""
+        slots = self._slots
         for req in self._running() + self._done_unread:
             if req.cancelled:
                 self._finish(req, "cancelled")
@@ -376,61 +325,22 @@ class Engine:
             if req.cancelled or now - req.parked_since > self.stall_timeout:
                 self._finish(req, "cancelled" if req.cancelled else "stalled")
                 self._free_slot(req)
-            elif self._written[req.slot] - self._read[req.slot] < self.buffer // 2 \
-                    and self._active < self.max_streams:
+            elif slots.unread(req.slot) < self.buffer // 2 and slots.active < self.max_streams:
                 self._parked.remove(req)
-                row = self._take_row(req.slot)
-                self.net.set_row(row, req.saved_state)
+                slots.resume(req.slot, req.saved_state)
                 req.saved_state = req.parked_since = None
-        while self._queue and self._free:
+        while self._queue and slots.free:
             req = self._queue.pop(0)
             if req.cancelled:
                 self._finish(req, "cancelled")
                 continue
-            self._place(req)
+            ids, temperature, top_k, draws = req.setup
+            req.setup = None
+            req.slot = slots.place(req, ids, temperature, top_k, req.max_tokens, draws)
 
     def _resumable(self) -> bool:
-        return self._active < self.max_streams and any(
-            self._written[r.slot] - self._read[r.slot] < self.buffer // 2 for r in self._parked)
-
-    def _place(self, req: Request) -> None:
-        ids, temperature, top_k, draws = req.setup
-        req.setup = None
-        slot = req.slot = self._free.pop()
-        self._requests[slot], self._draws[slot] = req, draws
-        self._prime[slot, :len(ids)] = ids
-        self._prime_pos[slot], self._feed_left[slot] = 0, len(ids) - 1
-        self._next[slot] = ids[0]
-        self._temperature[slot], self._top_k[slot] = temperature, top_k
-        self._limit[slot] = req.max_tokens
-        self._written[slot] = self._read[slot] = 0
-        self._u[slot], self._u_pos[slot] = draws.take(UNIFORMS), 0
-        row = self._take_row(slot)
-        self.net.reset(np.arange(self.max_streams) == row)
-
-    def _take_row(self, slot: int) -> int:
-        row = self._active
-        self._row_slot[row] = slot
-        self._active += 1
-        return row
-
-    def _release_row(self, slot: int) -> None:
-        """Free the row serving `slot`: the last active row moves into it."""
-        rows = np.flatnonzero(self._row_slot[:self._active] == slot)
-        if not len(rows):
-            return
-        row, last = int(rows[0]), self._active - 1
-        if row != last:
-            self.net.copy_row(last, row)
-            self._row_slot[row] = self._row_slot[last]
-        self._active -= 1
-
-    def _park(self, req: Request) -> None:
-        rows = np.flatnonzero(self._row_slot[:self._active] == req.slot)
-        req.saved_state = self.net.get_row(int(rows[0]))
-        req.parked_since = time.monotonic()
-        self._release_row(req.slot)
-        self._parked.append(req)
+        return self._slots.active < self.max_streams and any(
+            self._slots.unread(r.slot) < self.buffer // 2 for r in self._parked)
 
     def _finish(self, req: Request, reason: str) -> None:
         """End a request: it produces no more and its row is freed at once. Its
@@ -439,34 +349,31 @@ class Engine:
         if req.done:
             return
         req.finish_reason = reason
-        if req in self._queue:
-            self._queue.remove(req)
+        if req.slot < 0:  # never placed (still queued, or just taken off the queue)
+            if req in self._queue:
+                self._queue.remove(req)
+            self._broadcast()
             return
         if req in self._parked:
             self._parked.remove(req)
         else:
-            self._release_row(req.slot)
-        self._draws[req.slot] = None
+            self._slots.release_row(req.slot)
         self._done_unread.append(req)
         self._broadcast()
 
     def _free_slot(self, req: Request) -> None:
         if req in self._done_unread:
             self._done_unread.remove(req)
-            self._requests[req.slot] = None
-            self._free.append(req.slot)
+            self._slots.release(req.slot)
             self._wake.set()  # a waiting request may take it
 
     def _drain(self, req: Request) -> str:
-        slot = req.slot
-        if slot < 0 or self._requests[slot] is not req:
+        slots = self._slots
+        if req.slot < 0 or slots.owner[req.slot] is not req:
             return ""
-        start, end = int(self._read[slot]), int(self._written[slot])
         text = ""
-        if end > start:
-            idx = np.arange(start, end) % self.buffer
-            self._read[slot] = end
-            text = self._codes[self._ring[slot, idx]].tobytes().decode("utf-32-le")
+        if slots.unread(req.slot):
+            text = self._codes[slots.drain(req.slot)].tobytes().decode("utf-32-le")
             if req.parked_since is not None:
                 self._wake.set()  # it may resume
         if req.done:
@@ -480,19 +387,17 @@ class Engine:
 
 
 class _Rate:
-    """Characters per second over the last few seconds."""
+    """Characters per second over the last few seconds, from running totals."""
 
     def __init__(self, window: float = 5.0):
-        self.window, self.events = window, collections.deque()
+        self.window, self.samples = window, collections.deque([(time.monotonic(), 0)])
 
-    def add(self, n: int) -> None:
+    def add(self, total: int) -> None:
         now = time.monotonic()
-        self.events.append((now, n))
-        while now - self.events[0][0] > self.window:
-            self.events.popleft()
+        self.samples.append((now, total))
+        while len(self.samples) > 2 and now - self.samples[1][0] > self.window:
+            self.samples.popleft()
 
-    def value(self) -> float:
-        if len(self.events) < 2:
-            return 0.0
-        span = self.events[-1][0] - self.events[0][0]
-        return (sum(n for _, n in self.events) - self.events[0][1]) / span if span > 0 else 0.0
+    def value(self, total: int) -> float:
+        (then, before), now = self.samples[0], time.monotonic()
+        return (total - before) / (now - then) if now > then else 0.0

@@ -89,60 +89,78 @@ def _chunk(cid: str, created: int, model: str, text: str, finish) -> dict:
             "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]}
 
 
+async def completions(request):
+    """POST /v1/completions: check, queue, and answer as events or as one JSON."""
+    from starlette.responses import JSONResponse, StreamingResponse
+
+    engine, model = request.app.state.engine, request.app.state.model
+    try:
+        body = json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError) as err:
+        return _error(400, f"the body is not valid JSON: {err}")
+    try:
+        req = parse_completion(body, model, engine)
+        job = engine.submit(req["prompt"], req["max_tokens"], req["temperature"],
+                            req["top_k"], req["seed"])
+    except BadRequest as err:
+        return _error(err.status, str(err), err.param, err.code)
+    except QueueFull as err:
+        return _error(429, f"{err}; retry shortly", code="rate_limit_exceeded",
+                      headers={"Retry-After": "1"})
+    except ShuttingDown as err:
+        return _error(503, str(err))
+    cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    if not req["stream"]:
+        text = "".join([chunk async for chunk in job.chunks()])
+        usage = {"prompt_tokens": job.prime_chars, "completion_tokens": len(text),
+                 "total_tokens": job.prime_chars + len(text)}
+        return JSONResponse({**_chunk(cid, created, model, text, job.finish_reason),
+                             "usage": usage})
+
+    async def events():
+        async for text in job.chunks():
+            yield f"data: {json.dumps(_chunk(cid, created, model, text, None))}\n\n"
+        yield f"data: {json.dumps(_chunk(cid, created, model, '', job.finish_reason))}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def models(request):
+    from starlette.responses import JSONResponse
+
+    state = request.app.state
+    return JSONResponse({"object": "list", "data": [
+        {"id": state.model, "object": "model", "created": state.started, "owned_by": "charstream"}]})
+
+
+async def healthz(request):
+    from starlette.responses import JSONResponse
+
+    engine = request.app.state.engine
+    return JSONResponse({"status": "shutting down" if engine._closing else "ok",
+                         "model": request.app.state.model, **engine.stats()})
+
+
+async def metrics(request):
+    from starlette.responses import PlainTextResponse
+
+    return PlainTextResponse(prometheus(request.app.state.engine),
+                             media_type="text/plain; version=0.0.4")
+
+
+async def page(request):
+    from starlette.responses import HTMLResponse
+
+    html = PAGE.read_text(encoding="utf-8").replace("{{MODEL}}", request.app.state.model)
+    return HTMLResponse(html)
+
+
 def create_app(engine: Engine, model: str):
     """The Starlette application over `engine`, serving the model named `model`."""
     from starlette.applications import Starlette
-    from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
     from starlette.routing import Route
-
-    started = int(time.time())
-
-    async def completions(request):
-        try:
-            body = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError) as err:
-            return _error(400, f"the body is not valid JSON: {err}")
-        try:
-            req = parse_completion(body, model, engine)
-            job = engine.submit(req["prompt"], req["max_tokens"], req["temperature"],
-                                req["top_k"], req["seed"])
-        except BadRequest as err:
-            return _error(err.status, str(err), err.param, err.code)
-        except QueueFull as err:
-            return _error(429, f"{err}; retry shortly", code="rate_limit_exceeded",
-                          headers={"Retry-After": "1"})
-        except ShuttingDown as err:
-            return _error(503, str(err))
-        cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        usage = {"prompt_tokens": job.prime_chars}
-        if not req["stream"]:
-            text = "".join([chunk async for chunk in job.chunks()])
-            usage.update(completion_tokens=len(text), total_tokens=job.prime_chars + len(text))
-            return JSONResponse({**_chunk(cid, created, model, text, job.finish_reason),
-                                 "usage": usage})
-
-        async def events():
-            async for text in job.chunks():
-                yield f"data: {json.dumps(_chunk(cid, created, model, text, None))}\n\n"
-            yield f"data: {json.dumps(_chunk(cid, created, model, '', job.finish_reason))}\n\n"
-            yield "data: [DONE]\n\n"
-
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-    async def models(request):
-        return JSONResponse({"object": "list", "data": [
-            {"id": model, "object": "model", "created": started, "owned_by": "charstream"}]})
-
-    async def healthz(request):
-        return JSONResponse({"status": "shutting down" if engine._closing else "ok",
-                             "model": model, **engine.stats()})
-
-    async def metrics(request):
-        return PlainTextResponse(prometheus(engine), media_type="text/plain; version=0.0.4")
-
-    async def page(request):
-        return HTMLResponse(PAGE.read_text(encoding="utf-8").replace("{{MODEL}}", model))
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -150,10 +168,12 @@ def create_app(engine: Engine, model: str):
         yield
         await engine.close()
 
-    return Starlette(routes=[
+    app = Starlette(routes=[
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/models", models), Route("/healthz", healthz), Route("/metrics", metrics),
         Route("/", page)], lifespan=lifespan)
+    app.state.engine, app.state.model, app.state.started = engine, model, int(time.time())
+    return app
 
 
 def prometheus(engine: Engine) -> str:

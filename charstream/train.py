@@ -135,10 +135,11 @@ def make_callbacks(plan: Plan, cluster: Cluster, pipeline: Pipeline, clock, budg
     resume drops and recomputes). Only the writer writes the run directory."""
     import keras
 
-    from .callbacks import Checkpoint, History, LinearDecay, StopWhenAsked
+    from .callbacks import Checkpoint, History, LinearDecay, ReseedDropout, StopWhenAsked
 
     config, run, writer = plan.config, plan.run, cluster.writer
-    callbacks = [StopWhenAsked(StopFlag), keras.callbacks.TerminateOnNaN(), *pipeline.callbacks]
+    callbacks = [StopWhenAsked(StopFlag), keras.callbacks.TerminateOnNaN(),
+                 ReseedDropout(config.seed), *pipeline.callbacks]
     if budget is not None:
         callbacks.append(budget)
     if config.lr_decay:

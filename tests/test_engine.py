@@ -11,6 +11,11 @@ from charstream import StreamGenerator
 from charstream.engine import Engine, QueueFull, ShuttingDown
 
 
+def _run(coro, timeout: float = 120):
+    """asyncio.run, bounded: a scheduling bug fails the test instead of hanging it."""
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
 @pytest.fixture(scope="module")
 def single(trained_run):
     return StreamGenerator.load(trained_run, backend="native")
@@ -46,10 +51,10 @@ def test_every_request_equals_its_single_stream_under_churn(trained_run, single)
             results = await asyncio.gather(*(_collect(engine, s, rng.random() * 0.3)
                                              for s in specs))
             assert engine.stats()["active"] == 0 and engine.stats()["queued"] == 0
-            assert sorted(engine._free) == list(range(7))  # every slot came back
+            assert sorted(engine._slots.free) == list(range(7))  # every slot came back
             return results, engine.ticks
 
-    results, ticks = asyncio.run(main())
+    results, ticks = _run(main())
     for spec, (text, req) in zip(specs, results):
         assert text == _alone(single, spec), spec
         assert req.finish_reason == "length"
@@ -68,9 +73,9 @@ def test_cancelled_requests_free_their_rows_and_the_rest_are_unharmed(trained_ru
                      for k, s in enumerate(specs)]
             results = await asyncio.gather(*tasks)
             await asyncio.sleep(0.05)
-            return results, engine.stats(), sorted(engine._free)
+            return results, engine.stats(), sorted(engine._slots.free)
 
-    results, stats, free = asyncio.run(main())
+    results, stats, free = _run(main())
     assert stats["active"] == 0 and free == [0, 1, 2]
     for k, (text, req) in enumerate(results):
         if k % 2:
@@ -79,6 +84,31 @@ def test_cancelled_requests_free_their_rows_and_the_rest_are_unharmed(trained_ru
         else:
             assert text == _alone(single, specs[k])
 
+
+
+def test_a_request_cancelled_while_it_waits_never_takes_a_slot(trained_run, single):
+    # Waiting requests whose readers leave are dropped without ever holding a slot;
+    # the slots stay whole for the requests that come after (a slot given twice
+    # would mix two streams).
+    async def main():
+        engine = Engine.load(trained_run, max_streams=2, max_queue=4, flush=0.002)
+        async with engine:
+            long = [engine.submit("romeo", max_tokens=400, seed=k) for k in range(2)]
+            waiting = [engine.submit("romeo", max_tokens=400, seed=9) for _ in range(3)]
+            await asyncio.sleep(0.01)
+            for req in waiting:
+                req.cancel()
+            texts = [await _read(r) for r in long]
+            later = [engine.submit("juliet", max_tokens=300, seed=k) for k in (20, 21)]
+            after = await asyncio.gather(*(_read(r) for r in later))
+            return texts, after, sorted(engine._slots.free), waiting
+
+    texts, after, free, waiting = _run(main())
+    assert free == [0, 1] and all(r.finish_reason == "cancelled" and r.slot == -1 for r in waiting)
+    spec = dict(max_tokens=400, temperature=1.0, top_k=None)
+    assert texts == [_alone(single, {**spec, "prime": "romeo", "seed": k}) for k in (0, 1)]
+    assert after == [_alone(single, {**spec, "prime": "juliet", "max_tokens": 300, "seed": k})
+                     for k in (20, 21)]
 
 def test_the_queue_is_bounded(trained_run):
     async def main():
@@ -92,7 +122,7 @@ def test_the_queue_is_bounded(trained_run):
         with pytest.raises(ShuttingDown):
             engine.submit("romeo")
 
-    asyncio.run(main())
+    _run(main())
 
 
 async def _read(req):
@@ -112,11 +142,11 @@ def test_a_slow_reader_parks_resumes_and_gets_the_same_text(trained_run, single)
                     break
                 await asyncio.sleep(0.01)
             assert slow.parked_since is not None and engine.stats()["parked"] == 1
-            assert 64 <= engine._written[slow.slot] < 2000
+            assert 64 <= engine._slots.written[slow.slot] < 2000
             text = await _read(slow)            # now it reads: it resumes
             return text, (await fast)[0], engine.stats()
 
-    text, other, stats = asyncio.run(main())
+    text, other, stats = _run(main())
     assert text == _alone(single, spec)
     assert other == _alone(single, {**spec, "seed": 12})
     assert stats["parked"] == 0 and stats["active"] == 0
@@ -135,7 +165,7 @@ def test_a_reader_that_never_reads_is_stalled(trained_run):
             await asyncio.sleep(0.01)
             return req, engine.stats()
 
-    req, stats = asyncio.run(main())
+    req, stats = _run(main())
     assert req.finish_reason == "stalled" and stats["parked"] == 0 and stats["active"] == 0
 
 
@@ -149,7 +179,7 @@ def test_shutdown_ends_every_stream(trained_run):
             texts = await asyncio.wait_for(asyncio.gather(*(_read(r) for r in reqs)), 10)
         return reqs, texts
 
-    reqs, texts = asyncio.run(main())
+    reqs, texts = _run(main())
     assert [r.finish_reason for r in reqs] == ["shutdown"] * 3
     assert len(texts[0]) > 0 and texts[2] == ""  # the third never got a row
 

@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 
@@ -298,9 +297,14 @@ def test_the_page_streams_text_into_a_real_browser(server):
         length.send_keys("3000")
         browser.find_element("id", "start").click()
         output = browser.find_element("id", "output")
-        _wait_for(lambda: len(output.text) > len("JULIET:") + 20)
-        first = len(output.text)
-        _wait_for(lambda: len(output.text) > first + 50)       # and it grows
+        status = browser.find_element("id", "status")
+        try:
+            _wait_for(lambda: len(output.text) > len("JULIET:") + 20, timeout=60)
+            first = len(output.text)
+            _wait_for(lambda: len(output.text) > first + 50, timeout=60)   # and it grows
+        except AssertionError:
+            raise AssertionError(f"page status {status.text!r}, output {output.text[:80]!r}, "
+                                 f"server {server.get('/healthz')[1]}") from None
         assert output.text.startswith("JULIET:")
         assert "characters" in browser.find_element("id", "status").text
     finally:
