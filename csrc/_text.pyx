@@ -338,6 +338,17 @@ def _check_window_ids(arr, st, Py_ssize_t seq_len, Py_ssize_t depth):
         _raise_out_of_range(arr, bad, depth)
 
 
+def _checked_windows(ids, starts, seq_len, depth):
+    """`(seq_len, depth, ids, starts)` checked for windows at arbitrary starts: the
+    sizes, the ids as uint8, the starts as int64 inside ids, and every id a window
+    reads below depth."""
+    seq_len, depth = _check_sizes(seq_len, depth)
+    arr = _as_ids(ids, depth)
+    st = _checked_starts(starts, arr.shape[0], seq_len)
+    _check_window_ids(arr, st, seq_len, depth)
+    return seq_len, depth, arr, st
+
+
 def _raise_out_of_range(ids, k, depth):
     raise ValueError(
         f"ids[{k}] = {int(ids[k])} is out of range for depth {depth} "
@@ -429,14 +440,11 @@ def onehot_batch(ids, starts, seq_len=16, depth=36, out=None):
         TypeError, ValueError: as `onehot_windows`, and for a start whose window
             runs past the end of `ids`.
     """
-    cdef Py_ssize_t c_seq, c_depth
-    c_seq, c_depth = seq_len, depth = _check_sizes(seq_len, depth)
-    arr = _as_ids(ids, depth)
-    st = _checked_starts(starts, arr.shape[0], seq_len)
+    seq_len, depth, arr, st = _checked_windows(ids, starts, seq_len, depth)
+    cdef Py_ssize_t c_seq = seq_len, c_depth = depth
     cdef const int64_t[::1] stv = st
     cdef Py_ssize_t n = st.shape[0]
     cdef const uint8_t[::1] idv = arr
-    _check_window_ids(arr, st, seq_len, depth)
     X, Y, xv, yv = _outputs(out, n, seq_len, depth)
     cdef uint8_t[::1] xm = xv
     cdef uint8_t[::1] ym = yv
@@ -489,14 +497,11 @@ def onehot_streams(ids, starts, seq_len=16, depth=36):
     Raises:
         TypeError, ValueError: as `onehot_batch`.
     """
-    cdef Py_ssize_t c_seq, c_depth
-    c_seq, c_depth = seq_len, depth = _check_sizes(seq_len, depth)
-    arr = _as_ids(ids, depth)
-    st = _checked_starts(starts, arr.shape[0], seq_len)
+    seq_len, depth, arr, st = _checked_windows(ids, starts, seq_len, depth)
+    cdef Py_ssize_t c_seq = seq_len, c_depth = depth
     cdef const int64_t[::1] stv = st
     cdef Py_ssize_t n = st.shape[0]
     cdef const uint8_t[::1] idv = arr
-    _check_window_ids(arr, st, seq_len, depth)
     X = np.empty((n, seq_len, depth), dtype=np.float32)
     Y = np.empty((n, seq_len), dtype=np.int32)
     cdef float[::1] xm = X.reshape(-1)

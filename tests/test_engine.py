@@ -141,7 +141,8 @@ def test_a_slow_reader_parks_resumes_and_gets_the_same_text(trained_run, single)
                 if slow.parked_since is not None:
                     break
                 await asyncio.sleep(0.01)
-            assert slow.parked_since is not None and engine.stats()["parked"] == 1
+            # the fast reader may be parked for a moment too on a busy machine
+            assert slow.parked_since is not None and engine.stats()["parked"] >= 1
             assert 64 <= engine._slots.written[slow.slot] < 2000
             text = await _read(slow)            # now it reads: it resumes
             return text, (await fast)[0], engine.stats()
