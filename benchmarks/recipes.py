@@ -12,8 +12,9 @@ sample excluded). The held-out losses are `python -m charstream.generate RUN
 --evaluate --backend native`: every 16-character window of the held-out tail from
 a zero state ("windowed"), and the tail as one continuous stream ("stream"), in
 nats and bits per character. Each row is printed as soon as its recipe ends.
-Times on this project's 2-core machine: tutorial about 7 min, windows about 13
-min, stream and default about 6 min each, large about 28 min: about an hour in all.
+Times on this project's 2-core machine (one run): tutorial about 8 min, windows
+about 16 min, stream and default about 6.5 min each, large about 23 min: about an
+hour in all.
 """
 from __future__ import annotations
 

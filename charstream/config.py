@@ -180,7 +180,7 @@ PRESETS: dict[str, dict] = {
                      samples=200_000, batch_size=32, epochs=10, learning_rate=1e-3,
                      lr_decay=False, shuffle=False),
     # A bigger model: two LSTM(256) layers (0.8 M parameters), 64 streams of
-    # 32-step chunks, input dropout 0.1. About half an hour on a 2-core CPU.
+    # 32-step chunks, input dropout 0.1. About 23 minutes on a 2-core CPU.
     "large": dict(mode="stream", units=256, layers=2, dropout=0.1, batch_size=64,
                   seq_len=32, learning_rate=4e-3, lr_final=0.05, epochs=16),
 }
