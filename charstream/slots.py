@@ -81,8 +81,11 @@ class Slots:
     def drain(self, slot: int) -> np.ndarray:
         """The ids written since the last drain."""
         start, end = int(self.read[slot]), int(self.written[slot])
+        ids = self.ring[slot, np.arange(start, end) % self.buffer]
+        # Only now may the worker thread write over them: it writes while readers
+        # drain, and stops before `written - read` reaches the ring's length.
         self.read[slot] = end
-        return self.ring[slot, np.arange(start, end) % self.buffer]
+        return ids
 
     # ------------------------------------------------------------------ rows
 
