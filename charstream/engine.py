@@ -154,7 +154,7 @@ class Engine:
         run = RunDir(run_dir)
         recorded = run.read()
         weights = load_stream_weights(run.stream_file)
-        run.check_depth("stream.npz", weights["meta"].get("depth"), recorded.vocab)
+        run.check_depth(run.stream_file.name, weights["meta"].get("depth"), recorded.vocab)
         return cls(weights, recorded.vocab, recorded.settings.reduce, **options)
 
     # ------------------------------------------------------------------ lifecycle

@@ -63,9 +63,9 @@ def _backend(kind: str, batch_size: int, *, run: RunDir | None = None, model=Non
 
         return NativeBackend(stream_weights(model), batch_size, source="the Keras model")
     weights = load_stream_weights(run.stream_file)
-    run.check_depth("stream.npz", weights["meta"].get("depth"), vocab)
+    run.check_depth(run.stream_file.name, weights["meta"].get("depth"), vocab)
     backend = NativeBackend(weights, batch_size, source=str(run.stream_file))
-    run.check_depth("stream.npz", backend.depth, vocab)
+    run.check_depth(run.stream_file.name, backend.depth, vocab)
     return backend
 
 
