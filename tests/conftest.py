@@ -70,6 +70,20 @@ def trained_run(tmp_path_factory, corpus_file) -> Path:
 
 
 @pytest.fixture(scope="session")
+def raw_run(tmp_path_factory) -> Path:
+    """A tiny `--no-reduce` run whose vocabulary is " abc": prompts with other
+    characters cannot be represented."""
+    from charstream import train
+
+    path = tmp_path_factory.mktemp("raw") / "abc.txt"
+    path.write_text("abc abc cab " * 300)
+    run = path.parent / "run"
+    assert train.main(["--data", str(path), "--no-reduce", "--units", "4", "--epochs", "1",
+                       "--batch-size", "4", "--out", str(run), "--sample-length", "0"]) == 0
+    return run
+
+
+@pytest.fixture(scope="session")
 def stream_run(tmp_path_factory, corpus_file) -> Path:
     """One tiny stream-mode run (a stateful (8, 16, 36) training model)."""
     from charstream import train

@@ -203,15 +203,8 @@ def test_bad_requests(trained_run, kwargs, match):
         engine.submit(**kwargs)
 
 
-def test_an_unrepresentable_prime_in_a_raw_run(tmp_path):
-    from charstream import train
-
-    path = tmp_path / "abc.txt"
-    path.write_text("abc abc cab " * 300)
-    run = tmp_path / "run"
-    assert train.main(["--data", str(path), "--no-reduce", "--units", "4", "--epochs", "1",
-                       "--batch-size", "4", "--out", str(run), "--sample-length", "0"]) == 0
-    engine = Engine.load(run, max_streams=1)
+def test_an_unrepresentable_prime_in_a_raw_run(raw_run):
+    engine = Engine.load(raw_run, max_streams=1)
     with pytest.raises(ValueError, match=r"'z' \(U\+007A\) at position 1 is not in the vocabulary"):
         engine.submit("az")
     assert np.array_equal(engine.check("abc", 1, 1.0, None), [1, 2, 3])
