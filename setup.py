@@ -1,6 +1,6 @@
-"""Build the two compiled extensions from csrc/: charstream._text (the text and
-one-hot kernels, csrc/_text.pyx) and charstream._stream (the native stream step,
-csrc/_stream.pyx over csrc/lstm_step.h).
+"""Build the two compiled extensions from csrc/: charstream.data._text (the text
+and one-hot kernels, csrc/_text.pyx) and charstream.streaming._lstm (the native
+LSTM step and sampler, csrc/_lstm.pyx over csrc/lstm_step.h).
 
 Metadata lives in pyproject.toml; this file only describes the extensions.
 A C compiler is needed (gcc or clang); Cython and NumPy come from the build
@@ -31,10 +31,14 @@ directives = {
     "embedsignature": True,
 }
 
+# (extension module, its Cython source): each lives in the stage that uses it.
+SOURCES = (("charstream.data._text", "csrc/_text.pyx"),
+           ("charstream.streaming._lstm", "csrc/_lstm.pyx"))
+
 extensions = [
     Extension(
-        f"charstream.{name}",
-        [f"csrc/{name}.pyx"],
+        name,
+        [source],
         include_dirs=["csrc", np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         # -O3 vectorises the kernels' loops; lstm_step.h adds per-CPU clones; OpenMP
@@ -43,7 +47,7 @@ extensions = [
         extra_link_args=OPENMP,
         depends=["csrc/lstm_step.h", "csrc/nt_copy.h"],
     )
-    for name in ("_text", "_stream")
+    for name, source in SOURCES
 ]
 
 setup(ext_modules=cythonize(extensions, compiler_directives=directives, force=DEBUG))

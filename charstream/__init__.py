@@ -1,5 +1,10 @@
 """charstream: character-level LSTM language models that stream text.
 
+The stages are subpackages: `charstream.data` (text → ids → one-hot, no
+TensorFlow), `charstream.training`, `charstream.streaming` (the generator and
+the native C step) and `charstream.serving` (continuous batching over HTTP),
+around the shared contract at the top (`config`, `run`, `weights`, `model`).
+
 The text pipeline (`ALPHABET`, `reduce_text`, `encode_reduced`, `Vocabulary`,
 `load_corpus`, `onehot_windows`, `onehot_batch`, `translate`) is imported eagerly
 and needs no TensorFlow. Names that need Keras are imported on first use, so
@@ -7,8 +12,8 @@ and needs no TensorFlow. Names that need Keras are imported on first use, so
 """
 from ._version import __version__
 from .config import TrainConfig
-from .text import ALPHABET, Vocabulary, encode_reduced, load_corpus, reduce_text
-from .windows import onehot_batch, onehot_windows, translate
+from .data import (ALPHABET, Vocabulary, encode_reduced, load_corpus, onehot_batch,
+                   onehot_windows, reduce_text, translate)
 
 # name -> module, imported on first attribute access (PEP 562).
 _LAZY = {
@@ -16,10 +21,11 @@ _LAZY = {
     "build_stream_model": ".model",
     "build_inference_model": ".model",
     "reset_states": ".model",
-    "WindowBatches": ".batches",
-    "StreamBatches": ".batches",
-    "StreamGenerator": ".stream",
-    "evaluate_stream": ".evaluate",
+    "WindowBatches": ".training.batches",
+    "StreamBatches": ".training.batches",
+    "StreamGenerator": ".streaming.generator",
+    "evaluate_stream": ".streaming.evaluate",
+    "Engine": ".serving.engine",
 }
 
 __all__ = [

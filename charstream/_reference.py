@@ -1,7 +1,7 @@
 """Plain Python/NumPy twins of every kernel in csrc/.
 
-Slow on purpose and obviously right: the tests hold the Cython and C kernels to
-these, and the benchmarks use them as the baseline. Written from the
+Slow on purpose and obviously right: each Cython and C kernel must equal its
+twin here exactly, and the benchmarks use them as the baseline. Written from the
 definitions, not from the code they check: nothing of charstream is imported.
 """
 from __future__ import annotations

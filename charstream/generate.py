@@ -56,11 +56,11 @@ def main(argv=None) -> int:
     _cli.apply_verbose(args)
     if args.backend == "keras":
         _cli.start_tensorflow()
-    from .stream import StreamGenerator
+    from .streaming.generator import StreamGenerator
 
     try:
         if args.evaluate:
-            from .evaluate import evaluate_stream
+            from .streaming.evaluate import evaluate_stream
 
             result = evaluate_stream(args.run_dir, reprime_every=args.reprime_every,
                                      backend=args.backend)

@@ -187,9 +187,9 @@ def windowed_copy(train_model: keras.Model, seq_len: int) -> keras.Model:
 def stream_weights(model: keras.Model) -> dict:
     """`{"lstms": [(kernel, recurrent, bias), ...], "dense": (W, b)}` of any
     charstream model (training, stream-training or inference copy), as
-    `layer.get_weights()` gives them: what `NativeLSTM` and `stream.npz` take."""
+    `layer.get_weights()` gives them: what `NativeBackend` and `stream.npz` take."""
     lstms, dense = _layers_of(model)
-    for layer in lstms:  # the cell the native step computes (charstream.native.CELL)
+    for layer in lstms:  # the cell the native step computes (charstream.weights.CELL)
         if (layer.activation.__name__, layer.recurrent_activation.__name__) != ("tanh", "sigmoid"):
             raise ValueError(f"{layer.name}: the native step needs tanh and sigmoid "
                              f"activations, got {layer.activation.__name__} and "

@@ -7,14 +7,15 @@ A run directory holds
     checkpoints/epoch-NNNN.keras   the whole model and optimizer after each epoch
     history.csv, history.png       one row per epoch; the plot of it
     model.keras                    the final model
-    stream.npz                     its weights for the native backend (charstream.native)
+    stream.npz                     its weights for the native backend (charstream.weights)
     summary.json                   what the run reached
     sample.txt                     text streamed from the final model
 
 `RunDir` is the only code that spells these names. It creates a run, reads one
 back cross-checked (config against vocabulary, model and weights against both,
 the corpus against its recorded sha256 whenever it is read again), finds the
-newest checkpoint, and owns the train/held-out split. Every file is written to a
+newest checkpoint, and loads the stream weights of a run checked against
+it (`load_weights`). The split itself is `charstream.data.split_corpus`. Every file is written to a
 temporary name and renamed (`charstream._io`). A bad run directory is one error
 type, `RunError`; a missing file is a `FileNotFoundError` naming it.
 """
@@ -34,7 +35,10 @@ import numpy as np
 from ._io import atomic_path, atomic_write_text
 from ._version import __version__
 from .config import ConfigError, TrainConfig
-from .text import Vocabulary, corpus_path, encode_reduced, file_sha256, load_corpus
+from .data.corpus import Corpus, split_corpus
+from .data.corpus import read_corpus as data_read_corpus
+from .data.text import Vocabulary
+from .weights import load_stream_weights
 
 CONFIG_FORMAT = "charstream.run"
 CONFIG_VERSION = 1
@@ -45,81 +49,22 @@ class RunError(ConfigError):
     """A run directory, or a file in it, that cannot be used; the message names it."""
 
 
-def split_index(n_ids: int, val_fraction: float) -> int:
-    """Where the held-out tail begins: training reads `ids[:split]`, evaluation
-    `ids[split:]`. The one definition of the split."""
-    return n_ids if val_fraction == 0 else int(n_ids * (1 - val_fraction))
-
-
-def split_starts(n_ids: int, seq_len: int, val_fraction: float) -> tuple[range, range]:
-    """Window starts for training and validation, from disjoint parts of the corpus.
-
-    The corpus is cut at `split_index(n_ids, val_fraction)`. A training
-    window and its target lie wholly in `ids[:split]`, a validation window in the
-    contiguous tail `ids[split:]`, so no character is in both.
-
-    Returns:
-        `(train_starts, val_starts)` as `range`s (no memory per window);
-        `val_starts` is empty when `val_fraction == 0`.
-
-    Raises:
-        ValueError: if either part is too short for one window.
-    """
-    split = split_index(n_ids, val_fraction)
-    n_train = split - seq_len
-    n_val = (n_ids - split) - seq_len if val_fraction else 0
-    if n_train < 1:
-        raise ValueError(
-            f"the training part has {split} characters, too few for one window of "
-            f"seq_len {seq_len} plus its target (need at least {seq_len + 1})")
-    if val_fraction and n_val < 1:
-        raise ValueError(
-            f"the validation part (val_fraction {val_fraction}) has {n_ids - split} "
-            f"characters, too few for one window of seq_len {seq_len} plus its target; "
-            "use a longer corpus, a larger --val-fraction, or --val-fraction 0")
-    return range(n_train), range(split, split + max(n_val, 0))
-
-
-
-@dataclasses.dataclass
-class Corpus:
-    """A corpus as training and evaluation use it."""
-
-    path: Path
-    sha256: str
-    ids: np.ndarray            # (n,) uint8
-    vocab: Vocabulary
-
-    def describe(self) -> dict:
-        return {"path": str(self.path.resolve()), "sha256": self.sha256,
-                "characters": int(len(self.ids))}
-
-
 def read_corpus(config: TrainConfig) -> Corpus:
-    """Load the corpus the config names, reduced (or not) and encoded.
+    """The corpus `config` names (`data`, `reduce`), read once
+    (`charstream.data.read_corpus`).
 
     Raises:
         ConfigError: naming the file, if it is missing, unreadable, not UTF-8,
             empty, or (with `--no-reduce`) has more than 256 symbols.
     """
-    path = corpus_path(config.data)
     try:
-        text = load_corpus(path)
+        return data_read_corpus(config.data, config.reduce)
     except (FileNotFoundError, ValueError) as err:
         raise ConfigError(str(err)) from None
-    if config.reduce:
-        vocab, ids = Vocabulary.default(), encode_reduced(text)
-    else:
-        try:
-            vocab = Vocabulary.from_text(text)
-        except ValueError as err:
-            raise ConfigError(f"{path}: --no-reduce: {err}") from None
-        ids = vocab.encode(text)
-    return Corpus(path, file_sha256(path), ids, vocab)
 
 
 @dataclasses.dataclass
-class Run:
+class RunRecord:
     """What a run directory records, cross-checked."""
 
     settings: TrainConfig
@@ -127,8 +72,8 @@ class Run:
     corpus: dict               # {"path", "sha256", "characters"}
 
 
-class RunDir:
-    """One run directory, by path; nothing is read or written until asked."""
+class _RunFiles:
+    """A run directory's path and the name of every file in it."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -177,34 +122,11 @@ class RunDir:
             path.unlink(missing_ok=True)
         return stale
 
-    # ------------------------------------------------------------------ creating
 
-    @classmethod
-    def new(cls, out: str | os.PathLike | None) -> "RunDir":
-        """The directory a new run will write: `out`, else `runs/<timestamp>`.
+class _RunReading(_RunFiles):
+    """Reading a run back, every file checked and held to the others."""
 
-        Raises:
-            RunError: if it exists and is not an empty directory.
-        """
-        run = cls(out if out else Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
-        if run.path.exists() and (not run.path.is_dir() or any(run.path.iterdir())):
-            raise RunError(
-                f"{run.path}: already exists and is not an empty directory "
-                "(use --resume to continue a run, or choose another --out)")
-        return run
-
-    def create(self, config: TrainConfig, corpus: Corpus) -> None:
-        """Make the directory and write `vocab.json` and `config.json`."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        corpus.vocab.save(self.vocab_file)
-        doc = {"format": CONFIG_FORMAT, "version": CONFIG_VERSION,
-               "charstream_version": __version__, "settings": dataclasses.asdict(config),
-               "corpus": corpus.describe(), "vocab_size": corpus.vocab.size}
-        atomic_write_text(self.config_file, json.dumps(doc, indent=2) + "\n")
-
-    # ------------------------------------------------------------------ reading
-
-    def read(self, against_alphabet: bool = True) -> Run:
+    def read(self, against_alphabet: bool = True) -> RunRecord:
         """`config.json` and `vocab.json`, each checked, and checked against each other.
 
         A reduced run's vocabulary must be `ALPHABET`; a caller about to re-read the
@@ -226,7 +148,7 @@ class RunDir:
         corpus = doc.get("corpus")
         if not isinstance(corpus, dict):
             raise RunError(f"{self.config_file}: \"corpus\" must be an object")
-        return Run(settings, vocab, corpus)
+        return RunRecord(settings, vocab, corpus)
 
     def _read_config(self) -> dict:
         if not self.path.is_dir():
@@ -258,7 +180,7 @@ class RunDir:
             raise RunError(f"{self.path}: {name} reads and predicts {depth} symbols but "
                            f"vocab.json has {vocab.size}")
 
-    def read_corpus(self, run: Run, data: str | os.PathLike | None = None) -> Corpus:
+    def read_corpus(self, record: RunRecord, data: str | os.PathLike | None = None) -> Corpus:
         """The run's corpus again: from `data` (the same file at another path) or
         from where the run recorded it, checked against the recorded sha256 and
         the run's vocabulary.
@@ -268,32 +190,46 @@ class RunDir:
         """
         # The path the run recorded is absolute; settings.data may be relative
         # to where training ran, or None (then $CHARSTREAM_DATA was used).
-        path = data if data is not None else (run.corpus.get("path") or run.settings.data)
-        corpus = read_corpus(run.settings.replace(data=None if path is None else str(path)))
-        recorded = run.corpus.get("sha256")
+        path = data if data is not None else (record.corpus.get("path") or record.settings.data)
+        corpus = read_corpus(record.settings.replace(data=None if path is None else str(path)))
+        recorded = record.corpus.get("sha256")
         if corpus.sha256 != recorded:
             raise RunError(
                 f"{corpus.path}: the corpus changed since {self.path} was trained "
                 f"(sha256 {corpus.sha256[:12]}..., the run has {str(recorded)[:12]}...)")
-        if corpus.vocab != run.vocab:
+        if corpus.vocab != record.vocab:
             raise RunError(
                 f"{self.vocab_file}: does not match the vocabulary of {corpus.path} "
-                f"({run.vocab.size} vs {corpus.vocab.size} symbols)")
+                f"({record.vocab.size} vs {corpus.vocab.size} symbols)")
         return corpus
 
-    def held_out_ids(self, run: Run | None = None) -> np.ndarray:
+    def held_out_ids(self, record: RunRecord | None = None) -> np.ndarray:
         """The ids of the run's held-out tail: the characters training never saw.
 
         Raises:
             RunError: if the run held nothing out, or its corpus changed.
         """
-        run = run or self.read()
-        if not run.settings.val_fraction:
+        record = record or self.read()
+        if not record.settings.val_fraction:
             raise RunError(f"{self.path}: trained with val_fraction 0, so nothing was held out")
-        ids = self.read_corpus(run).ids
-        return ids[split_index(len(ids), run.settings.val_fraction):]
+        return split_corpus(self.read_corpus(record).ids, record.settings.val_fraction).held_out
 
-    def load_keras_model(self, run: Run):
+    def load_weights(self, record: RunRecord | None = None) -> dict:
+        """`stream.npz`, checked (`charstream.weights.load_stream_weights`: the
+        arrays' real shapes against its meta) and held to the run's vocabulary.
+
+        Raises:
+            FileNotFoundError: if there is no `stream.npz`.
+            ValueError (RunError included): naming the file, if it is not valid or
+                reads another number of symbols than `vocab.json` has.
+        """
+        record = record or self.read()
+        weights = load_stream_weights(self.stream_file)
+        self.check_depth(self.stream_file.name, weights["meta"].get("depth"), record.vocab)
+        self.check_depth(self.stream_file.name, int(weights["dense"][1].shape[0]), record.vocab)
+        return weights
+
+    def load_keras_model(self, record: RunRecord):
         """`model.keras` in Keras's safe mode, its input and output checked
         against the vocabulary.
 
@@ -313,11 +249,9 @@ class RunDir:
         shape = model.input_shape
         if not (isinstance(shape, tuple) and len(shape) == 3):
             raise RunError(f"{path}: expected a (batch, steps, depth) input, got {shape}")
-        self.check_depth("model.keras", shape[-1], run.vocab)
-        self.check_depth("model.keras", model.output_shape[-1], run.vocab)
+        self.check_depth("model.keras", shape[-1], record.vocab)
+        self.check_depth("model.keras", model.output_shape[-1], record.vocab)
         return model
-
-    # ------------------------------------------------------------------ history
 
     def read_history(self) -> list[dict]:
         """The rows of `history.csv` by epoch, values as floats (`epoch` an int);
@@ -335,6 +269,37 @@ class RunDir:
                 break
         return sorted(out, key=lambda r: r["epoch"])
 
+
+class RunDir(_RunReading):
+    """One run directory, by path; nothing is read or written until asked.
+
+    Its names are `_RunFiles`', its reading `_RunReading`'s; creating and writing
+    are here.
+    """
+
+    @classmethod
+    def new(cls, out: str | os.PathLike | None) -> "RunDir":
+        """The directory a new run will write: `out`, else `runs/<timestamp>`.
+
+        Raises:
+            RunError: if it exists and is not an empty directory.
+        """
+        run = cls(out if out else Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+        if run.path.exists() and (not run.path.is_dir() or any(run.path.iterdir())):
+            raise RunError(
+                f"{run.path}: already exists and is not an empty directory "
+                "(use --resume to continue a run, or choose another --out)")
+        return run
+
+    def create(self, config: TrainConfig, corpus: Corpus) -> None:
+        """Make the directory and write `vocab.json` and `config.json`."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        corpus.vocab.save(self.vocab_file)
+        doc = {"format": CONFIG_FORMAT, "version": CONFIG_VERSION,
+               "charstream_version": __version__, "settings": dataclasses.asdict(config),
+               "corpus": corpus.describe(), "vocab_size": corpus.vocab.size}
+        atomic_write_text(self.config_file, json.dumps(doc, indent=2) + "\n")
+
     def write_history(self, rows: list[dict]) -> None:
         """Rewrite `history.csv` whole (columns in the order they first appear)."""
         columns: list[str] = []
@@ -345,13 +310,6 @@ class RunDir:
         writer.writeheader()
         writer.writerows(rows)
         atomic_write_text(self.history_file, buf.getvalue())
-
-    def seconds_trained(self, epochs: int) -> float:
-        """The run's training time over its first `epochs` epochs (0 if unknown)."""
-        return max((row.get("seconds", 0.0) for row in self.read_history()
-                    if row["epoch"] < epochs), default=0.0)
-
-    # ------------------------------------------------------------------ results
 
     def write_summary(self, summary: dict) -> None:
         atomic_write_text(self.summary_file, json.dumps(summary, indent=2) + "\n")

@@ -3,8 +3,8 @@
 # Layout follows scikit-learn's habits: every `def` below checks its inputs and
 # allocates its outputs while holding the GIL, then hands them to a
 # `cdef ... noexcept nogil` loop that cannot fail. Nothing in a hot loop touches a
-# Python object. `charstream/_reference.py` holds a plain twin of each kernel and
-# the tests hold these to it.
+# Python object. `charstream/_reference.py` holds a plain twin of each kernel,
+# which the kernel must equal exactly.
 #
 # The one-hot loops index typed memoryviews, so a CHARSTREAM_DEBUG=1 build
 # (setup.py: boundscheck and initializedcheck on, -O0 -g) checks every access and

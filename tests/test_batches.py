@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from charstream import onehot_windows
-from charstream.batches import WindowBatches
-from charstream.run import split_starts
+from charstream.training.batches import WindowBatches
+from charstream.data.corpus import split_starts
 
 
 def test_batches_equal_onehot_windows_in_order():
@@ -82,7 +82,7 @@ def test_fit_trains_epoch_e_on_the_order_of_seed_and_e(kind, steps_per_execution
     # epoch callback pins it. Each batch records the epoch whose order it came from.
     import keras
 
-    from charstream.batches import StreamBatches
+    from charstream.training.batches import StreamBatches
 
     base = WindowBatches if kind == "windows" else StreamBatches
 

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from charstream.config import ConfigError
-from charstream.distribute import parse_tf_config
+from charstream.training.distribute import parse_tf_config
 
 # Same seed, the same windows in each global batch, gradients averaged over the
 # replicas: the same training up to float summation order.
@@ -237,8 +237,8 @@ def test_bad_strategy_settings(tmp_path, capsys, monkeypatch):
 def test_each_worker_builds_only_its_share_of_every_global_batch(n, global_batch, workers, local):
     import numpy as np
 
-    from charstream.batches import WindowBatches
-    from charstream.distribute import shard_starts, shard_steps
+    from charstream.training.batches import WindowBatches
+    from charstream.training.distribute import shard_starts, shard_steps
 
     replicas = workers * local
     steps, windows = shard_steps(n, global_batch, replicas)
@@ -261,7 +261,7 @@ def test_each_worker_builds_only_its_share_of_every_global_batch(n, global_batch
 
 
 def test_too_few_windows_for_the_replicas():
-    from charstream.distribute import shard_steps
+    from charstream.training.distribute import shard_steps
 
     with pytest.raises(ConfigError, match="3 windows cannot give each of 4 replicas one"):
         shard_steps(3, 64, 4)
@@ -272,7 +272,7 @@ def test_the_keras_workaround_is_undone_after_fit():
     import tensorflow as tf
     from keras.src.backend.tensorflow import trainer as keras_trainer
 
-    from charstream.distribute import multiworker_keras
+    from charstream.training.distribute import multiworker_keras
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     original, strategy = keras_trainer.reduce_per_replica, model._distribute_strategy

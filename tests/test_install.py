@@ -5,13 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import charstream._text
+import charstream.data._text
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_extension_is_compiled():
-    assert charstream._text.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+    assert charstream.data._text.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
 
 
 def test_pip_install_dot_builds_the_extension(tmp_path):
@@ -28,7 +28,7 @@ def test_pip_install_dot_builds_the_extension(tmp_path):
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
          "--no-build-isolation", "--target", str(target), str(src)],
         check=True, cwd=tmp_path)
-    code = ("import charstream, charstream._text as t; "
+    code = ("import charstream, charstream.data._text as t; "
             "assert t.__file__.startswith(%r), t.__file__; "
             "print(charstream.reduce_text('Hi!'))" % str(target))
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True,

@@ -9,11 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from charstream import StreamGenerator
-from charstream._stream import NativeLSTM, sample_from_logits
+from charstream.streaming._lstm import NativeLSTM, sample_from_logits
 from charstream.model import build_inference_model, build_training_model, lstm_layers, reset_states
-from charstream.native import load_stream_weights
+from charstream.weights import load_stream_weights
 from charstream import _reference as ref
-from charstream.sampling import sample_id
+from charstream.streaming.sampling import sample_id
 
 from conftest import load_run
 
@@ -220,7 +220,7 @@ def test_reset_rows_zeroes_only_those_rows():
 
 
 def test_keras_backend_reset_rows_keeps_the_other_rows(trained_run):
-    from charstream.keras_backend import KerasBackend
+    from charstream.streaming.keras_backend import KerasBackend
 
     model, _, _ = load_run(trained_run)
     backend = KerasBackend(model, batch=3)
@@ -322,7 +322,7 @@ def test_corrupt_or_mismatched_stream_weights(trained_run, tmp_path):
     _save(path, **{**good, "lstm_1_bias": good["lstm_1_bias"].astype(np.float64)})
     expect("lstm_1_bias must be float32")
     _save(path, **{**good, "lstm_1_recurrent_kernel": good["lstm_1_recurrent_kernel"][:, :-4]})
-    expect("layer 0 recurrent kernel must have shape")
+    expect(r"lstm_1_recurrent_kernel has shape \(24, 92\), expected \(24, 96\)")
     _save(path, **{**good, "meta": np.frombuffer(json.dumps({**meta, "depth": 40}).encode(), np.uint8)})
     expect("stream.npz reads and predicts 40 symbols but vocab.json has 36")
     # The recorded cell must be the one the C step computes.

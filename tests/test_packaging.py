@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SMOKE = textwrap.dedent("""
     import sys, json, numpy as np
-    import charstream, charstream._text, charstream._stream
+    import charstream, charstream.data._text, charstream.streaming._lstm
     from charstream import _reference as ref
     assert "site-packages" in charstream.__file__, charstream.__file__
     text = "ROMEO: Wherefore art thou, \\u0130stanbul?\\n" * 50
@@ -33,8 +33,9 @@ SMOKE = textwrap.dedent("""
     Xr, Yr = ref.onehot_windows(ids)
     assert (X == Xr).all() and (Y == Yr).all()
     # A small stream.npz from random weights, streamed by the native backend.
-    from charstream.native import NativeBackend, export_stream_weights, load_stream_weights
-    from charstream.stream import StreamGenerator
+    from charstream.streaming.native import NativeBackend
+    from charstream.weights import export_stream_weights, load_stream_weights
+    from charstream.streaming.generator import StreamGenerator
     rng = np.random.default_rng(0)
     f32 = lambda *shape: rng.normal(0, 0.3, shape).astype(np.float32)
     weights = {"lstms": [(f32(36, 32), f32(8, 32), f32(32))], "dense": (f32(8, 36), f32(36))}
@@ -81,8 +82,9 @@ def test_the_sdist_holds_the_sources_and_nothing_built(dist):
     with tarfile.open(sdist) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     for needed in ("setup.py", "pyproject.toml", "README.md", "LICENSE", "MANIFEST.in",
-                   "csrc/_text.pyx", "csrc/_stream.pyx", "csrc/lstm_step.h", "csrc/nt_copy.h",
-                   "charstream/page.html", "charstream/engine.py", "tests/conftest.py",
+                   "csrc/_text.pyx", "csrc/_lstm.pyx", "csrc/lstm_step.h", "csrc/nt_copy.h",
+                   "charstream/serving/page.html", "charstream/serving/engine.py",
+                   "charstream/data/corpus.py", "tests/conftest.py",
                    "tests/test_packaging.py"):
         assert needed in names, needed
     assert not [n for n in names if n.endswith((".c", ".so", ".pyd", ".o", ".pyc"))]
@@ -92,8 +94,9 @@ def test_the_wheel_holds_the_package_and_the_extensions_and_no_sources(dist):
     _, wheel = dist
     names = set(zipfile.ZipFile(wheel).namelist())
     suffix = sysconfig.get_config_var("EXT_SUFFIX")
-    assert {f"charstream/_text{suffix}", f"charstream/_stream{suffix}",
-            "charstream/__init__.py", "charstream/page.html"} <= names
+    assert {f"charstream/data/_text{suffix}", f"charstream/streaming/_lstm{suffix}",
+            "charstream/__init__.py", "charstream/serving/page.html",
+            "charstream/training/fit.py"} <= names
     assert not [n for n in names if n.startswith("csrc/") or n.endswith((".pyx", ".c", ".h"))]
     assert any(n.endswith("dist-info/licenses/LICENSE") for n in names)
     meta = next(n for n in names if n.endswith("dist-info/METADATA"))

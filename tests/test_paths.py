@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from charstream import StreamGenerator, train
-from charstream.native import load_stream_weights
+from charstream.weights import load_stream_weights
 
 QUICK = ["--units", "12", "--epochs", "1", "--sample-length", "0", "--learning-rate", "0.01"]
 
@@ -102,17 +102,18 @@ def test_tutorial_preset_on_a_short_corpus(tmp_path, corpus_file, capsys):
 
 def test_tutorial_preset_caps_a_long_corpus_at_200000_windows_in_order():
     from charstream.config import PRESETS, TrainConfig
-    from charstream.distribute import Cluster
-    from charstream.pipeline import build_pipeline
-    from charstream.run import Corpus
-    from charstream.text import Vocabulary
+    from charstream.data.corpus import Corpus
+    from charstream.data.text import Vocabulary
+    from charstream.training.distribute import Cluster
+    from charstream.training.pipeline import build_pipeline
+    from charstream.training.plan import Plan
 
     config = TrainConfig(**PRESETS["tutorial"]).validate()
     ids = np.random.default_rng(0).integers(0, 36, 260_000).astype(np.uint8)
     corpus = Corpus(None, "", ids, Vocabulary.default())
     import tensorflow as tf
 
-    pipeline = build_pipeline(config, corpus, Cluster(tf.distribute.get_strategy()), 0)
+    pipeline = build_pipeline(Plan(None, config, corpus), Cluster(tf.distribute.get_strategy()))
     assert pipeline.targets == 200_000 and len(pipeline.train) == 200_000 // 32
     for b in (0, 1, 6249):  # the tutorial's order: the first 200,000 windows, unshuffled
         np.testing.assert_array_equal(pipeline.train.batch_starts(b), np.arange(32 * b, 32 * b + 32))

@@ -8,9 +8,10 @@ import pytest
 
 from charstream import _checks
 from charstream.config import ConfigError, TrainConfig
-from charstream.evaluate import evaluate_stream, held_out_text
-from charstream.run import RunDir, RunError, split_index
-from charstream.text import encode_reduced
+from charstream.streaming.evaluate import evaluate_stream, held_out_text
+from charstream.data.corpus import split_index
+from charstream.run import RunDir, RunError
+from charstream.data.text import encode_reduced
 
 
 def test_every_file_name_lives_here(tmp_path):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from charstream import train
-from charstream.batches import StreamBatches
-from charstream.windows import stream_length
+from charstream.training.batches import StreamBatches
+from charstream.data.windows import stream_length
 
 
 def _decode(X):
@@ -79,9 +79,9 @@ def _pairs_text(n_words: int, seed: int = 0) -> str:
 
 
 def test_the_state_really_carries_across_chunks(tmp_path):
-    from charstream._stream import NativeLSTM
-    from charstream.native import load_stream_weights
-    from charstream.text import encode_reduced
+    from charstream.streaming._lstm import NativeLSTM
+    from charstream.weights import load_stream_weights
+    from charstream.data.text import encode_reduced
 
     path = tmp_path / "pairs.txt"
     path.write_text(_pairs_text(4000))
@@ -119,7 +119,7 @@ def _history(run):
 
 
 def test_validation_does_not_change_training(tmp_path, corpus_file, monkeypatch):
-    from charstream.callbacks import StreamValidation
+    from charstream.training.callbacks import StreamValidation
 
     common = ["--data", str(corpus_file), "--mode", "stream", "--units", "16",
               "--batch-size", "8", "--epochs", "2", "--seed", "5", "--sample-length", "0"]
@@ -134,7 +134,7 @@ def test_validation_does_not_change_training(tmp_path, corpus_file, monkeypatch)
 
 
 def test_the_held_out_loss_is_the_evaluated_stream_loss(stream_run):
-    from charstream.evaluate import evaluate_stream
+    from charstream.streaming.evaluate import evaluate_stream
 
     summary = json.loads((stream_run / "summary.json").read_text())
     result = evaluate_stream(stream_run, backend="native")
@@ -174,7 +174,7 @@ def test_max_time_ends_the_run_cleanly(tmp_path, corpus_file, mode, capsys):
 
 
 def test_the_schedule_follows_whichever_limit_comes_first():
-    from charstream.callbacks import LinearDecay
+    from charstream.training.callbacks import LinearDecay
 
     decay = LinearDecay(1.0, 0.1, epochs=5, max_time=100)
     assert decay.rate(0, 0) == 1.0

@@ -226,8 +226,8 @@ def test_load_corpus_downloads_with_the_pinned_hash(tmp_path, monkeypatch):
     monkeypatch.delenv("CHARSTREAM_DATA", raising=False)
     _fake_keras(monkeypatch, get_file)
     assert load_corpus() == "First Citizen:"
-    assert calls == [("tinyshakespeare.txt", charstream.text.CORPUS_URL,
-                      charstream.text.CORPUS_SHA256, "sha256")]
+    assert calls == [("tinyshakespeare.txt", charstream.data.corpus.CORPUS_URL,
+                      charstream.data.corpus.CORPUS_SHA256, "sha256")]
     assert "karpathy/char-rnn" in calls[0][1] and calls[0][1].endswith("tinyshakespeare/input.txt")
 
 

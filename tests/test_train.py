@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from charstream import train
+from charstream.training.plan import config_from_args
+from charstream.training.plan import plan as plan_run
 from charstream.config import PRESETS, TrainConfig
 
 TINY = ["--mode", "windows", "--units", "16", "--batch-size", "64", "--samples", "1000",
@@ -36,7 +38,7 @@ def test_run_directory_contents(request, fixture, corpus_file):
     doc = json.loads((trained_run / "config.json").read_text())
     assert doc["settings"]["units"] == 24 and doc["settings"]["epochs"] == epochs
     assert set(doc["settings"]) == set(TrainConfig.__dataclass_fields__)
-    from charstream.text import file_sha256
+    from charstream.data.corpus import file_sha256
 
     assert doc["corpus"]["sha256"] == file_sha256(corpus_file)
     assert doc["corpus"]["path"] == str(corpus_file.resolve())
@@ -92,7 +94,7 @@ def test_a_resumed_run_replays_the_uninterrupted_one(tmp_path, corpus_file, sett
     # stream states restart with every epoch, and the learning rate is a function
     # of the step, so a run interrupted after epoch 1 and resumed trains the same
     # epoch 2 as one trained straight through.
-    from charstream.callbacks import Checkpoint
+    from charstream.training.callbacks import Checkpoint
 
     common = ["--data", str(corpus_file), *settings, "--seed", "4", "--epochs", "2"]
     assert train.main([*common, "--out", str(tmp_path / "straight")]) == 0
@@ -193,16 +195,16 @@ def test_a_kill_during_the_history_write_loses_nothing(tmp_path, corpus_file):
 def test_a_swallowed_interrupt_still_stops_training_at_the_next_batch(tmp_path):
     # Python drops an exception raised in a __del__, so a signal that lands in
     # one only sets the flag; the first callback turns it into the interrupt.
-    from charstream.callbacks import StopWhenAsked
+    from charstream.training.callbacks import StopFlag, StopWhenAsked
 
-    stop = StopWhenAsked(train.StopFlag)
+    stop = StopWhenAsked(StopFlag)
     stop.on_train_batch_end(0)  # nothing asked
-    train.StopFlag.requested = True
+    StopFlag.requested = True
     try:
         with pytest.raises(KeyboardInterrupt):
             stop.on_train_batch_end(0)
     finally:
-        train.StopFlag.requested = False
+        StopFlag.requested = False
 
 
 def test_sigint_stops_cleanly_and_says_how_to_resume(tmp_path, corpus_file):
@@ -304,7 +306,7 @@ def test_resume_finds_the_same_corpus_at_another_path(tmp_path, corpus_file, tra
     moved.write_bytes(corpus_file.read_bytes())
     args = train.build_parser().parse_args(
         ["--resume", str(trained_run), "--epochs", "3", "--data", str(moved)])
-    plan = train.plan(args)
+    plan = plan_run(args)
     corpus, config, done, checkpoint = plan.corpus, plan.config, plan.initial_epoch, plan.checkpoint
     assert corpus.path == moved and config.data == str(moved)
     assert done == 2 and checkpoint.name == "epoch-0002.keras"
@@ -315,11 +317,11 @@ def test_flags_come_from_the_config_and_presets():
     flags = {a.dest for a in parser._actions}
     assert set(TrainConfig.__dataclass_fields__) <= flags
     args = parser.parse_args(["--preset", "tutorial", "--epochs", "3", "--no-shuffle"])
-    config, given = train.config_from_args(args)
+    config, given = config_from_args(args)
     assert given == {"epochs", "shuffle"}
     assert config.samples == 200_000 and config.batch_size == 32 and config.epochs == 3
     assert PRESETS["tutorial"]["shuffle"] is False
-    assert train.config_from_args(parser.parse_args(["--samples", "all"]))[0].samples is None
+    assert config_from_args(parser.parse_args(["--samples", "all"]))[0].samples is None
 
 
 def test_same_seed_same_initial_weights(corpus_file):

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from charstream import Vocabulary, onehot_batch, onehot_windows, translate
-from charstream.windows import onehot_streams
+from charstream.data.windows import onehot_streams
 from charstream import _reference as ref
 
 
@@ -242,7 +242,7 @@ def test_translate_bad_input():
 def test_large_preallocated_output_takes_the_streaming_path(seq_len, depth, start):
     # Over STREAM_BYTES, preallocated outputs are written with streaming stores in
     # blocks; the block edges and unaligned heads must not show.
-    from charstream import _text
+    from charstream.data import _text
 
     n = _text.STREAM_BYTES // ((seq_len + 1) * depth) + 1001
     ids = np.random.default_rng(depth).integers(0, depth, start + n + seq_len).astype(np.uint8)

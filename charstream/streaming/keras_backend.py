@@ -2,18 +2,23 @@
 
 `KerasBackend` runs the inference copy (`charstream.model.build_inference_model`,
 `batch_shape=(batch, 1, depth)`) one character per call inside a
-`tf.function`, and samples in NumPy (`charstream.sampling`). It is the backend
-the native C step (`charstream.native`) is held to.
+`tf.function`, and samples in NumPy (`charstream.streaming.sampling`). It is the
+backend the native C step (`charstream.streaming.native`) is held to.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from ..data.windows import onehot_batch
 from .sampling import sample_id
+
+WINDOW_BATCH = 1024   # windows scored together (no gradients: big batches are cheap)
 
 
 class KerasBackend:
-    """The reference step. Implements `charstream.stream.Backend`.
+    """The reference step. Implements `charstream.streaming.generator.Backend`.
 
     Args:
         train_model: a trained charstream model (windowed or stream-trained).
@@ -25,7 +30,7 @@ class KerasBackend:
     def __init__(self, train_model, batch: int = 1):
         import tensorflow as tf
 
-        from .model import build_inference_model, lstm_layers
+        from ..model import build_inference_model, lstm_layers
 
         self.model = build_inference_model(train_model, batch_size=batch)
         self.batch = batch
@@ -51,7 +56,7 @@ class KerasBackend:
     def reset(self, rows=None) -> None:
         """Zero the state of every stream, or of the streams where `rows` is True."""
         if rows is None:
-            from .model import reset_states
+            from ..model import reset_states
 
             reset_states(self.model)
             return
@@ -75,3 +80,29 @@ class KerasBackend:
 
     def step_sample1(self, char_id: int, temperature: float, top_k, u: float) -> int:
         return sample_id(self.probs([char_id])[0], temperature, top_k, u)
+
+    def score(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Feed `ids[:-1]` to stream 0 one step at a time: `(nll, hit)` as
+        `NativeBackend.score`."""
+        n = max(len(ids) - 1, 0)
+        nll, hit = np.empty(n), np.empty(n, dtype=bool)
+        for k in range(n):
+            p = self.probs([int(ids[k])])[0]
+            nll[k] = -math.log(max(p[ids[k + 1]], 1e-12))
+            hit[k] = int(np.argmax(p)) == ids[k + 1]
+        return nll, hit
+
+    def score_windows(self, ids: np.ndarray, seq_len: int) -> np.ndarray:
+        """The windowed copy of the model (`charstream.model.windowed_copy`) over
+        batches of `WINDOW_BATCH` windows, each from a zero state."""
+        from ..model import windowed_copy
+
+        model = windowed_copy(self.model, seq_len)
+        targets = ids[seq_len:]
+        out = np.empty(len(targets), np.float32)   # the model's own precision
+        for lo in range(0, len(targets), WINDOW_BATCH):
+            starts = np.arange(lo, min(lo + WINDOW_BATCH, len(targets)), dtype=np.int64)
+            x = onehot_batch(ids, starts, seq_len, self.depth)[0].astype(np.float32)
+            p = np.asarray(model.predict_on_batch(x))
+            out[starts] = -np.log(np.maximum(p[np.arange(len(starts)), targets[starts]], 1e-12))
+        return out

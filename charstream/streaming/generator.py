@@ -7,9 +7,9 @@ the context is unlimited (the state carries it), unlike the tutorial's loop that
 re-predicts the last 16 characters with `model.predict` every time.
 
 A backend steps the model (`Backend`, below): `"keras"`
-(`charstream.keras_backend`, the reference) or `"native"` (`charstream.native`,
-C, no TensorFlow). How a seed becomes text is `charstream.sampling`'s contract,
-the same on both.
+(`charstream.streaming.keras_backend`, the reference) or `"native"`
+(`charstream.streaming.native`, C, no TensorFlow). How a seed becomes text is
+`charstream.streaming.sampling`'s contract, the same on both.
 """
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from typing import Iterator, Protocol
 
 import numpy as np
 
-from . import _checks
-from .run import RunDir
+from .. import _checks
+from ..data.text import Vocabulary, reduce_text
+from ..run import RunDir
 from .sampling import Uniforms, check_max_chars, check_temperature, check_top_k, start_ids
-from .text import Vocabulary, reduce_text
 
 BACKENDS = ("keras", "native")
 
@@ -47,38 +47,47 @@ class Backend(Protocol):
     def step_sample1(self, char_id: int, temperature: float, top_k, u: float) -> int:
         """`step_sample_into` for one stream: the sampled id."""
 
+    def score(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Feed `ids[:-1]` to stream 0 from its current state: `(nll, hit)`, each
+        `(len(ids) - 1,)`, `nll[j] = -log p(ids[j + 1] | ids[:j + 1])` and whether
+        `ids[j + 1]` was the most likely id."""
 
-def _backend(kind: str, batch_size: int, *, run: RunDir | None = None, model=None,
-             vocab: Vocabulary | None = None) -> Backend:
+    def score_windows(self, ids: np.ndarray, seq_len: int) -> np.ndarray:
+        """`-log p(ids[k] | ids[k - seq_len : k])`, each window from a zero state,
+        for `k >= seq_len`, without touching the streams' state."""
+
+
+def _backend(kind: str, batch_size: int, *, run_dir: RunDir | None = None, record=None,
+             model=None) -> Backend:
     """A backend of `kind` over a run directory's files, or over a Keras model."""
     _checks.one_of(kind, "backend", BACKENDS)
     if kind == "keras":
         from .keras_backend import KerasBackend
 
         return KerasBackend(model, batch_size)
-    from .native import NativeBackend, load_stream_weights
+    from .native import NativeBackend
 
-    if run is None:
-        from .model import stream_weights
+    if run_dir is None:
+        from ..model import stream_weights
 
         return NativeBackend(stream_weights(model), batch_size, source="the Keras model")
-    weights = load_stream_weights(run.stream_file)
-    run.check_depth(run.stream_file.name, weights["meta"].get("depth"), vocab)
-    backend = NativeBackend(weights, batch_size, source=str(run.stream_file))
-    run.check_depth(run.stream_file.name, backend.depth, vocab)
-    return backend
+    return NativeBackend(run_dir.load_weights(record), batch_size, source=str(run_dir.stream_file))
 
 
 class StreamGenerator:
     """Generate text one character at a time from a trained run.
 
     Args:
-        backend: a `Backend` (`KerasBackend` or `charstream.native.NativeBackend`).
+        backend: a `Backend` (`KerasBackend` or `NativeBackend`).
         vocab: the run's vocabulary.
         reduce: reduce text (lowercase, 36 characters) before encoding, as the run did.
 
     Use `StreamGenerator.load(run_dir)` for a run directory, or
     `StreamGenerator.from_model(train_model, vocab)` for a model in memory.
+
+    (Longer than this project's other classes on purpose: it is the streaming API
+    users call, and most of its lines are its methods' documentation; the loops
+    are module functions below.)
     """
 
     def __init__(self, backend: Backend, vocab: Vocabulary, reduce: bool = True):
@@ -90,7 +99,6 @@ class StreamGenerator:
         self.reduce = reduce
         self.batch_size = backend.batch
         self._newline = vocab.chars.find("\n")
-        self.steps = 0  # model steps run so far (the laziness tests read it)
         self.reset()
 
     @classmethod
@@ -121,10 +129,10 @@ class StreamGenerator:
         _checks.positive_int(batch_size, "batch_size")
         _checks.one_of(backend, "backend", BACKENDS)
         run_dir = RunDir(run_dir)
-        run = run_dir.read()
-        model = run_dir.load_keras_model(run) if backend == "keras" else None
-        engine = _backend(backend, batch_size, run=run_dir, model=model, vocab=run.vocab)
-        return cls(engine, run.vocab, run.settings.reduce)
+        record = run_dir.read()
+        model = run_dir.load_keras_model(record) if backend == "keras" else None
+        stepper = _backend(backend, batch_size, run_dir=run_dir, record=record, model=model)
+        return cls(stepper, record.vocab, record.settings.reduce)
 
     # ------------------------------------------------------------------ state
 
@@ -146,7 +154,6 @@ class StreamGenerator:
                              f"{self.batch_size}; use stream_batch")
 
     def _probs1(self, char_id: int) -> np.ndarray:
-        self.steps += 1
         return self.backend.probs(np.array([char_id]))[0]
 
     def step(self, char: str) -> np.ndarray:
@@ -213,21 +220,12 @@ class StreamGenerator:
         self.reset()
         for char_id in ids[:-1]:
             self._probs1(int(char_id))
-        return self._generate(int(ids[-1]), temperature, top_k, draws, max_chars)
+        return _one_stream(self.backend.step_sample1, self.vocab.chars, int(ids[-1]),
+                           temperature, top_k, draws, max_chars)
 
     def _check_sampling(self, temperature, top_k, max_chars):
         return (check_temperature(temperature), check_top_k(top_k, self.vocab.size),
                 check_max_chars(max_chars))
-
-    def _generate(self, char_id, temperature, top_k, draws, max_chars) -> Iterator[str]:
-        chars = self.vocab.chars
-        step = self.backend.step_sample1
-        produced = 0
-        while max_chars is None or produced < max_chars:
-            char_id = step(char_id, temperature, top_k, next(draws))
-            self.steps += 1
-            produced += 1
-            yield chars[char_id]
 
     def generate(self, length: int, **kwargs) -> str:
         """`''.join(self.stream(max_chars=length, **kwargs))`."""
@@ -271,27 +269,47 @@ class StreamGenerator:
         for k, ids in enumerate(prime_ids):
             padded[k, starts[k]:] = ids
         self.reset()
-        for t in range(longest - 1):
-            if t and (starts == t).any():
-                self.backend.reset(starts == t)
-            self.backend.probs(padded[:, t])
-            self.steps += 1
-        if longest > 1 and (starts == longest - 1).any():
-            self.backend.reset(starts == longest - 1)
-        return self._generate_batch(padded[:, -1], temperature, top_k, draws, max_chars)
+        _feed_aligned(self.backend, padded[:, :-1], starts)
+        return _batch_stream(self.backend.step_sample_into, np.array(list(self.vocab.chars)),
+                             padded[:, -1], temperature, top_k, draws, max_chars)
 
-    def _generate_batch(self, ids, temperature, top_k, draws, max_chars, block: int = 256):
-        chars = np.array(list(self.vocab.chars))
-        step = self.backend.step_sample_into
-        # Two id buffers, fed and filled in turn: no allocation per step.
-        ids, nxt = np.ascontiguousarray(ids, dtype=np.int32), np.empty(len(ids), np.int32)
-        produced = 0
-        while max_chars is None or produced < max_chars:
-            if produced % block == 0:
-                # (block, batch): row i holds each stream's uniform for step i.
-                u = np.ascontiguousarray(np.stack([d.take(block) for d in draws], axis=1))
-            step(ids, temperature, top_k, u[produced % block], nxt)
-            ids, nxt = nxt, ids
-            self.steps += 1
-            produced += 1
-            yield chars[ids].tolist()
+
+# ----------------------------------------------------------------------------- the loops
+
+def _one_stream(step, chars: str, char_id: int, temperature, top_k, draws,
+                max_chars) -> Iterator[str]:
+    """Feed `char_id`, then each sampled id: one `step` per character, lazily."""
+    produced = 0
+    while max_chars is None or produced < max_chars:
+        char_id = step(char_id, temperature, top_k, next(draws))
+        produced += 1
+        yield chars[char_id]
+
+
+def _feed_aligned(backend: Backend, padded: np.ndarray, starts: np.ndarray) -> None:
+    """Feed `(batch, steps)` prime ids aligned at their ends: stream b is reset
+    just before step `starts[b]`, its first character (and just after the last
+    step when its prime is the one character still to come)."""
+    steps = padded.shape[1]
+    for t in range(steps):
+        if t and (starts == t).any():
+            backend.reset(starts == t)
+        backend.probs(padded[:, t])
+    if steps and (starts == steps).any():
+        backend.reset(starts == steps)
+
+
+def _batch_stream(step, chars: np.ndarray, ids, temperature, top_k, draws, max_chars,
+                  block: int = 256):
+    """Advance every stream one step per iteration; yield a list of characters."""
+    # Two id buffers, fed and filled in turn: no allocation per step.
+    ids, nxt = np.ascontiguousarray(ids, dtype=np.int32), np.empty(len(ids), np.int32)
+    produced = 0
+    while max_chars is None or produced < max_chars:
+        if produced % block == 0:
+            # (block, batch): row i holds each stream's uniform for step i.
+            u = np.ascontiguousarray(np.stack([d.take(block) for d in draws], axis=1))
+        step(ids, temperature, top_k, u[produced % block], nxt)
+        ids, nxt = nxt, ids
+        produced += 1
+        yield chars[ids].tolist()

@@ -1,11 +1,10 @@
-"""Text: the alphabet, reduction, vocabularies and the corpus loader.
+"""Text: the alphabet, reduction and vocabularies.
 
-No TensorFlow here: preprocessing must start fast. `load_corpus` imports
-`keras.utils.get_file` only when it has to download.
+No TensorFlow here: preprocessing must start fast. Reading a corpus file is
+`charstream.data.corpus`.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -13,19 +12,12 @@ from typing import Iterable
 
 import numpy as np
 
-from ._io import atomic_write_text
+from .._io import atomic_write_text
 from ._kernels import _text
 
 # The tutorial's 36 characters in code-point order. Sorting fixes the tutorial's
 # bug where `set()` gave a different index order on every run.
 ALPHABET = "\n !',-.:;?abcdefghijklmnopqrstuvwxyz"
-
-CORPUS_URL = (
-    "https://raw.githubusercontent.com/karpathy/char-rnn/master/"
-    "data/tinyshakespeare/input.txt"
-)
-CORPUS_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
-CORPUS_FILENAME = "tinyshakespeare.txt"
 
 MAX_SYMBOLS = 256  # ids are uint8
 VOCAB_FORMAT = "charstream.vocabulary"
@@ -261,75 +253,3 @@ class Vocabulary:
             return cls(chars)
         except (TypeError, ValueError) as err:
             raise ValueError(f"{path}: {err}") from None
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """The hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def corpus_path(path: str | os.PathLike | None = None) -> Path:
-    """Where the corpus is: `path`, else `$CHARSTREAM_DATA`, else tiny Shakespeare.
-
-    Tiny Shakespeare is fetched once with `keras.utils.get_file` (checked against
-    `CORPUS_SHA256`) and cached in Keras's cache directory.
-
-    Raises:
-        RuntimeError: when the download is needed and fails (offline with no cache).
-    """
-    if path is not None:
-        return Path(path)
-    env = os.environ.get("CHARSTREAM_DATA")
-    if env:
-        return Path(env)
-    try:
-        from keras.utils import get_file
-
-        fetched = get_file(
-            CORPUS_FILENAME, origin=CORPUS_URL, file_hash=CORPUS_SHA256,
-            hash_algorithm="sha256", cache_subdir="datasets")
-    except Exception as err:  # get_file raises bare Exceptions for network errors
-        raise RuntimeError(
-            f"could not download tiny Shakespeare from {CORPUS_URL} ({err}); "
-            "pass a corpus path (--data PATH) or set CHARSTREAM_DATA to a text file"
-        ) from None
-    return Path(fetched)
-
-
-def load_corpus(path: str | os.PathLike | None = None) -> str:
-    """Read a corpus as UTF-8 text.
-
-    Args:
-        path: a text file. Without it, `$CHARSTREAM_DATA`, else tiny Shakespeare
-            (downloaded and cached on first use).
-
-    Returns:
-        The whole file as a `str` (line endings as they are in the file).
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file is a directory, is not UTF-8 (the message gives the
-            byte offset) or is empty.
-        RuntimeError: tiny Shakespeare is needed but cannot be downloaded.
-    """
-    where = corpus_path(path)
-    try:
-        data = where.read_bytes()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{where}: no such corpus file") from None
-    except IsADirectoryError:
-        raise ValueError(f"{where}: is a directory, expected a text file") from None
-    except PermissionError:
-        raise ValueError(f"{where}: permission denied") from None
-    if not data:
-        raise ValueError(f"{where}: the corpus is empty")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(
-            f"{where}: not UTF-8 text: byte 0x{data[err.start]:02x} at offset "
-            f"{err.start} ({err.reason})") from None

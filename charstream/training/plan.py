@@ -6,20 +6,24 @@ defaults, a preset and the flags; a new run directory; the corpus read and
 checked against the settings), or the run in `--resume DIR` (or in `--out DIR`
 with `--auto-resume`): its own settings with the few flags a resume may change
 laid over them, its corpus re-read and held to the recorded sha256 and
-vocabulary, and its newest checkpoint.
+vocabulary, and its newest checkpoint. The plan carries what the later stages
+need, worked out once: the run options, this process's task under
+`--strategy multiworker` (the one reading of `TF_CONFIG`) and the split.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Optional
 
-from . import _cli
-from .config import PRESETS, ConfigError, TrainConfig, _setting
-from .distribute import Cluster
+from .. import _cli
+from ..config import PRESETS, ConfigError, TrainConfig, _setting
+from ..data.corpus import Corpus, Split, split_corpus
+from ..run import RunDir, RunError, read_corpus
+from .distribute import Task, parse_tf_config
 from .pipeline import check_fits
-from .run import Corpus, RunDir, RunError, read_corpus
 
 # Settings that --resume may change; the rest must match the run. --data may
 # name the corpus at another path (another machine's mount) if its sha256 matches.
@@ -55,15 +59,16 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
     return RunOptions(**_cli.given_fields(args, RunOptions))
 
 
-def config_from_args(args: argparse.Namespace,
-                     validate: bool = True) -> tuple[TrainConfig, set]:
-    """The config the flags ask for: defaults, then the preset, then explicit flags.
+def config_from_args(args: argparse.Namespace, validate: bool = True,
+                     preset: str | None = None) -> tuple[TrainConfig, set]:
+    """The config the flags ask for: defaults, then the preset (`preset`, else
+    `args.preset`), then explicit flags.
 
     A resume validates later, once the flags are laid over the run's own settings.
     """
     given = _cli.given_fields(args, TrainConfig)
     config = TrainConfig()
-    preset = options_from_args(args).preset
+    preset = preset or getattr(args, "preset", None)
     if preset:
         config = config.replace(**PRESETS[preset])
     config = config.replace(**given)
@@ -78,10 +83,23 @@ class Plan:
     run: RunDir
     config: TrainConfig
     corpus: Corpus
+    options: RunOptions = dataclasses.field(default_factory=RunOptions)
+    task: Task | None = None    # this process's place under --strategy multiworker
     initial_epoch: int = 0
     checkpoint: Path | None = None
+    history: list = dataclasses.field(default_factory=list)  # rows of the epochs done
     resuming: bool = False
     restart: str = ""           # the command that continues this run after a stop
+
+    @functools.cached_property
+    def split(self) -> Split:
+        """The corpus cut into its training part and held-out tail (once)."""
+        return split_corpus(self.corpus.ids, self.config.val_fraction)
+
+    @property
+    def writer(self) -> bool:
+        """Whether this process writes the run directory (only the chief does)."""
+        return self.task is None or self.task.is_chief
 
 
 def plan(args: argparse.Namespace, prog: str = "python -m charstream.train") -> Plan:
@@ -97,19 +115,25 @@ def plan(args: argparse.Namespace, prog: str = "python -m charstream.train") -> 
             raise ConfigError("--auto-resume goes with --out DIR (not --resume)")
         if RunDir(options.out).config_file.exists():
             options.resume, options.out = options.out, None
-    config, given = config_from_args(args, validate=not options.resume)
+    config, given = config_from_args(args, not options.resume, options.preset)
     if options.resume:
         if options.out:
             raise ConfigError("--out and --resume are exclusive: --resume writes into its DIR")
         result = _resume_plan(options, given, config)
     else:
         result = _new_plan(options, config)
+    result.options = options
     result.restart = _restart_command(options, result, prog)
     return result
 
 
+def _task(config: TrainConfig) -> Task | None:
+    """This process's task, read from `TF_CONFIG`, under `--strategy multiworker`."""
+    return parse_tf_config() if config.strategy == "multiworker" else None
+
+
 def _new_plan(options: RunOptions, config: TrainConfig) -> Plan:
-    task = Cluster.task_for(config)
+    task = _task(config)
     if task is not None and not options.out:
         raise ConfigError(
             "--strategy multiworker needs --out DIR: the same directory for every "
@@ -118,14 +142,15 @@ def _new_plan(options: RunOptions, config: TrainConfig) -> Plan:
     # race it to the check.
     run = RunDir.new(options.out) if task is None or task.is_chief else RunDir(options.out)
     corpus = read_corpus(config)
-    check_fits(config, len(corpus.ids))
-    return Plan(run, config, corpus)
+    result = Plan(run, config, corpus, task=task)
+    check_fits(config, result.split)
+    return result
 
 
 def _resume_plan(options: RunOptions, given: set, config: TrainConfig) -> Plan:
     run = RunDir(options.resume)
-    recorded = run.read(against_alphabet=False)  # read_corpus checks it against the corpus
-    saved = recorded.settings
+    record = run.read(against_alphabet=False)  # read_corpus checks it against the corpus
+    saved = record.settings
     changed = sorted(name for name in given - RESUMABLE
                      if getattr(config, name) != getattr(saved, name))
     if changed or options.preset:
@@ -137,20 +162,22 @@ def _resume_plan(options: RunOptions, given: set, config: TrainConfig) -> Plan:
     config = saved.replace(**{n: getattr(config, n) for n in given & RESUMABLE}).validate()
     # An explicit --data, else the corpus the run recorded, never whatever
     # $CHARSTREAM_DATA says today; either way its sha256 must be the run's.
-    corpus = run.read_corpus(recorded, config.data if "data" in given else None)
+    corpus = run.read_corpus(record, config.data if "data" in given else None)
     config = config.replace(data=str(corpus.path))
     done, checkpoint = run.newest_checkpoint()
     if done >= config.epochs:
         raise RunError(
             f"{run}: already trained for {done} epochs; pass --epochs N with N > {done} "
             "to train further")
-    spent = run.seconds_trained(done)
+    kept = [row for row in run.read_history() if row["epoch"] < done]
+    spent = max((row.get("seconds", 0.0) for row in kept), default=0.0)
     if config.max_time is not None and spent >= config.max_time:
         raise RunError(
             f"{run}: already trained for {spent:.0f} s, the whole --max-time "
             f"{config.max_time:.0f} s; pass a larger --max-time (it counts the run's "
             "whole training time) to train further")
-    return Plan(run, config, corpus, done, checkpoint, resuming=True)
+    return Plan(run, config, corpus, task=_task(config), initial_epoch=done,
+                checkpoint=checkpoint, history=kept, resuming=True)
 
 
 def _restart_command(options: RunOptions, plan: Plan, prog: str) -> str:

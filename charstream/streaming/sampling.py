@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _checks
+from .. import _checks
 
 
 def check_temperature(temperature) -> float:

@@ -2,11 +2,13 @@
 
 A *slot* is a request's home for its whole life: its prime, its sampling
 settings, its uniforms, and a ring of the ids it produced with how many were
-written and read. A *row* is a stream of the `NativeLSTM`: rows `0 .. active-1`
-are stepped, `row_slot[r]` says which slot row r serves. Freeing a row moves the
-last active row into it, so a tick costs only the active rows. `charstream.engine`
-schedules; this module only keeps the books. No asyncio here: `work` runs in the
-engine's worker thread, everything else on the event loop between two `work`s.
+written and read. A *row* is a stream of the native step
+(`charstream.streaming.native.NativeBackend`): rows `0 .. active-1` are stepped,
+`row_slot[r]` says which slot row r serves. Freeing a row moves the last active
+row into it, so a tick costs only the active rows. This is the executor: it runs
+the batch and carries out the scheduler's decisions (`charstream.serving.scheduler`),
+and knows no queues. No asyncio here: `work` runs in the engine's worker thread,
+everything else on the event loop between two `work`s.
 """
 from __future__ import annotations
 
@@ -14,13 +16,13 @@ import time
 
 import numpy as np
 
-from .sampling import Uniforms
+from ..streaming.sampling import Uniforms
 
 UNIFORMS = 256      # uniforms drawn per slot at a time
 
 
 class Slots:
-    """`size` slots and rows over `net` (a `NativeLSTM` of batch `size`).
+    """`size` slots and rows over `net` (a `NativeBackend` of batch `size`).
 
     Args:
         net: the native step.
@@ -167,3 +169,22 @@ class Slots:
         written = self.written[slots]
         return (slots[written >= self.limit[slots]],
                 slots[written - self.read[slots] >= self.buffer])
+
+
+def carry_out(slots: Slots, decision) -> None:
+    """Carry out a scheduler's `Decision` (`charstream.serving.scheduler`) on
+    `slots`, in its order: rows released, parked (their state kept on the
+    request), slots freed, parked requests resumed, queued ones placed."""
+    for req in decision.release:
+        slots.release_row(req.slot)
+    for req in decision.park:
+        req.saved_state = slots.park(req.slot)
+    for req in decision.free:
+        slots.release(req.slot)
+    for req in decision.resume:
+        slots.resume(req.slot, req.saved_state)
+        req.saved_state = None
+    for req in decision.place:
+        c = req.checked
+        req.slot = slots.place(req, req.ids, c.temperature, c.top_k or 0, c.max_tokens,
+                               req.draws)

@@ -10,7 +10,8 @@ knows about workers), the per-worker input pipeline, and a workaround that lets
 Keras 3 `fit` run under `MultiWorkerMirroredStrategy` at all
 (keras-team/keras#20585).
 
-TensorFlow is imported inside the functions: `parse_tf_config` runs before it.
+TensorFlow is imported inside the functions: `parse_tf_config` runs before it,
+once per process (`charstream.training.plan` keeps its `Task`).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import os
 
 import numpy as np
 
-from .config import ConfigError
+from ..config import ConfigError
 
 TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
                      '"task": {"type": "worker", "index": 0}}')
@@ -93,16 +94,11 @@ class Cluster:
     strategy: object
     task: Task | None = None
 
-    @staticmethod
-    def task_for(config) -> Task | None:
-        """This process's task under `--strategy multiworker`, read from TF_CONFIG."""
-        return parse_tf_config() if config.strategy == "multiworker" else None
-
     @classmethod
-    def start(cls, config) -> "Cluster":
-        """The strategy the config asks for (under multiworker, this waits for
-        every worker in TF_CONFIG)."""
-        task = cls.task_for(config)
+    def start(cls, config, task: Task | None = None) -> "Cluster":
+        """The strategy the config asks for; `task` is this process's under
+        multiworker (the plan read it from TF_CONFIG), and this waits for every
+        worker."""
         if task is not None:
             print(f"{task}: waiting for every worker in TF_CONFIG", flush=True)
         cluster = cls(make_strategy(config), task)
@@ -147,11 +143,11 @@ class Cluster:
         """Where `fit` and `evaluate` run: the workaround under multiworker."""
         return multiworker_keras(model, self.strategy) if self.multiworker else contextlib.nullcontext()
 
-    @classmethod
-    def peer_failure(cls, plan, err: BaseException) -> str | None:
+    @staticmethod
+    def peer_failure(plan, err: BaseException) -> str | None:
         """The message for a worker that failed or left under multiworker (a
         TensorFlow collective error), or None for any other exception."""
-        task = cls.task_for(plan.config)
+        task = plan.task
         if task is None or not is_peer_failure(err):
             return None
         done, _ = plan.run.newest_checkpoint()

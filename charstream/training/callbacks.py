@@ -12,6 +12,7 @@
 - `Checkpoint`: the whole model and optimizer after every epoch.
 
 No callback here knows a file name: the run directory (`charstream.run`) does.
+`History.rows` is the history in memory, which `finish` plots.
 """
 from __future__ import annotations
 
@@ -20,6 +21,16 @@ from typing import Callable
 
 import keras
 import numpy as np
+
+
+class StopFlag:
+    """Set by the command line's SIGINT/SIGTERM handler. The handler raises
+    KeyboardInterrupt at once, but one that lands while a `__del__` runs
+    (TensorFlow frees iterators at every epoch's end, just when a checkpoint
+    appears) is swallowed by Python, so `StopWhenAsked` also checks the flag
+    after every step."""
+
+    requested = False
 
 
 class StopWhenAsked(keras.callbacks.Callback):
@@ -130,7 +141,7 @@ class ResetStreams(keras.callbacks.Callback):
     begin again at a new offset."""
 
     def on_epoch_begin(self, epoch, logs=None):
-        from .model import reset_states
+        from ..model import reset_states
 
         reset_states(self.model)
 
@@ -140,9 +151,10 @@ class StreamValidation(keras.callbacks.Callback):
     each id from `skip` on scored given everything before it (the number
     `python -m charstream.generate RUN --evaluate` prints as `stream_nats`).
 
-    The weights are copied into the native C step (`NativeLSTM.score`), so the
-    training model's stateful LSTMs, dropout and optimizer are never touched:
-    training with or without this callback is the same training.
+    The weights are copied into the native C step (`NativeBackend.score`, the
+    one door to it), so the training model's stateful LSTMs, dropout and
+    optimizer are never touched: training with or without this callback is the
+    same training.
     """
 
     def __init__(self, ids: np.ndarray, skip: int):
@@ -150,12 +162,10 @@ class StreamValidation(keras.callbacks.Callback):
         self.ids, self.skip = ids, skip
 
     def score(self) -> tuple[float, float]:
-        from ._stream import NativeLSTM
-        from .model import stream_weights
+        from ..model import stream_weights
+        from ..streaming.native import NativeBackend
 
-        weights = stream_weights(self.model)
-        net = NativeLSTM(weights["lstms"], *weights["dense"])
-        nll, hit = net.score(self.ids)
+        nll, hit = NativeBackend(stream_weights(self.model), source="the model").score(self.ids)
         return float(nll[self.skip - 1:].mean()), float(hit[self.skip - 1:].mean())
 
     def on_epoch_end(self, epoch, logs=None):
@@ -167,10 +177,12 @@ class History(keras.callbacks.Callback):
     """One row per finished epoch (`epoch`, the logs' keys in sorted order, the
     learning rate, and `seconds`, the run's training time so far), handed whole
     to `write` after every epoch (the run directory rewrites `history.csv`
-    atomically), so a kill leaves the old file or the new one, never a torn row.
-    `rows` are those kept from earlier sessions (a resume)."""
+    atomically), so a kill leaves the old file or the new one, never a torn row;
+    `write=None` only keeps them (a worker that does not write). `rows` are those
+    kept from earlier sessions (a resume)."""
 
-    def __init__(self, write: Callable[[list], None], clock: Clock, rows: list | None = None):
+    def __init__(self, write: Callable[[list], None] | None, clock: Clock,
+                 rows: list | None = None):
         super().__init__()
         self.write, self.clock = write, clock
         self.rows = list(rows or [])
@@ -181,7 +193,8 @@ class History(keras.callbacks.Callback):
             self.model.optimizer.learning_rate))
         self.rows.append({"epoch": epoch, **dict(sorted(logs.items())),
                           "seconds": round(self.clock.elapsed(), 3)})
-        self.write(self.rows)
+        if self.write is not None:
+            self.write(self.rows)
 
 
 class Checkpoint(keras.callbacks.Callback):

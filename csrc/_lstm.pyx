@@ -1,4 +1,4 @@
-# The native stream step: a Python-level class that checks and owns the weights
+# charstream.streaming._lstm, the native LSTM step: a Python-level class that checks and owns the weights
 # and state, around the C kernel in lstm_step.h (cs_step, cs_sample), which runs
 # without the GIL. One call per character does every layer, the Dense layer, the
 # softmax and the sampling for all streams of the batch.
@@ -409,8 +409,8 @@ cdef class NativeLSTM:
 
 
 def sample_from_logits(logits, double temperature, int top_k, double u):
-    """The C sampler on one row of logits (for tests: the NumPy twin is
-    `charstream._reference.sample_id` on `softmax(logits)`). `top_k <= 0` keeps all."""
+    """The C sampler alone, on one row of logits: its NumPy twin is
+    `charstream._reference.sample_id` on `softmax(logits)`. `top_k <= 0` keeps all."""
     arr = np.ascontiguousarray(logits, dtype=np.float32)
     if arr.ndim != 1 or not 1 <= arr.shape[0] <= 256:
         raise ValueError(f"logits must have shape (depth,) with 1 <= depth <= 256, got {arr.shape}")

@@ -1,9 +1,9 @@
-"""The native stream backend and its weights file, `stream.npz`. No TensorFlow.
+"""The `stream.npz` format: a model's weights for the native LSTM step. No TensorFlow.
 
 `python -m charstream.train` writes `stream.npz` beside `model.keras`: the
 model's float32 weights, read with `layer.get_weights()`
-(`charstream.model.stream_weights`), so the native backend can stream without
-importing Keras.
+(`charstream.model.stream_weights`), so the native backend
+(`charstream.streaming.native`) can stream without importing Keras.
 
 Format (version 1), a NumPy `.npz` read with `allow_pickle=False`:
 
@@ -30,6 +30,7 @@ STREAM_FORMAT = "charstream.stream"
 STREAM_VERSION = 1
 # The cell the C step computes; a file that records another is refused.
 CELL = {"gates": "ifco", "activation": "tanh", "recurrent_activation": "sigmoid"}
+MAX_LAYERS = 64     # a bound on what a file may ask the loader to build
 
 
 def export_stream_weights(weights: dict, path: str | os.PathLike, seq_len: int) -> None:
@@ -72,13 +73,36 @@ def load_stream_weights(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such stream weights file")
+    unreadable = (ValueError, OSError, zipfile.BadZipFile, EOFError)
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
+        npz = np.load(path, allow_pickle=False)
+    except unreadable as err:
         raise ValueError(f"{path}: not a readable .npz file ({err})") from None
+    with npz:
+        meta = _read_meta(path, npz)
+        names = _entry_names(meta["layers"])
+        missing = [n for n in names if n not in npz.files]
+        if missing:
+            raise ValueError(f"{path}: missing arrays {missing}")
+        try:  # only the entries the meta names: nothing else is decompressed
+            arrays = {name: npz[name] for name in names}
+        except unreadable as err:
+            raise ValueError(f"{path}: not a readable .npz file ({err})") from None
+    _check_shapes(path, meta, arrays)
+    lstms = [tuple(arrays[f"lstm_{k}_{p}"] for p in ("kernel", "recurrent_kernel", "bias"))
+             for k in range(1, meta["layers"] + 1)]
+    return {"meta": meta, "lstms": lstms, "dense": (arrays["dense_kernel"], arrays["dense_bias"])}
+
+
+def _entry_names(layers: int) -> list[str]:
+    return [f"lstm_{k}_{part}" for k in range(1, layers + 1)
+            for part in ("kernel", "recurrent_kernel", "bias")] + ["dense_kernel", "dense_bias"]
+
+
+def _read_meta(path: Path, npz) -> dict:
+    """The checked `meta` entry of an open `.npz`."""
     try:
-        meta = json.loads(bytes(arrays.pop("meta")).decode("utf-8"))
+        meta = json.loads(bytes(npz["meta"]).decode("utf-8"))
     except (KeyError, TypeError, ValueError):
         raise ValueError(f"{path}: no valid \"meta\" entry") from None
     if not isinstance(meta, dict) or meta.get("format") != STREAM_FORMAT:
@@ -91,51 +115,42 @@ def load_stream_weights(path: str | os.PathLike) -> dict:
             raise ValueError(f"{path}: meta {key!r} is {meta.get(key)!r}, but the native step "
                              f"computes {key} {value!r} only")
     layers = meta.get("layers")
-    if not isinstance(layers, int) or layers < 1:
-        raise ValueError(f"{path}: meta \"layers\" must be a positive integer, got {layers!r}")
-    names = [f"lstm_{k}_{part}" for k in range(1, layers + 1)
-             for part in ("kernel", "recurrent_kernel", "bias")] + ["dense_kernel", "dense_bias"]
-    missing = [n for n in names if n not in arrays]
-    if missing:
-        raise ValueError(f"{path}: missing arrays {missing}")
-    for name in names:
-        if arrays[name].dtype != np.float32:
-            raise ValueError(f"{path}: {name} must be float32, got {arrays[name].dtype}")
-    lstms = [tuple(arrays[f"lstm_{k}_{p}"] for p in ("kernel", "recurrent_kernel", "bias"))
-             for k in range(1, layers + 1)]
-    return {"meta": meta, "lstms": lstms, "dense": (arrays["dense_kernel"], arrays["dense_bias"])}
+    if isinstance(layers, bool) or not isinstance(layers, int) or not 1 <= layers <= MAX_LAYERS:
+        raise ValueError(f"{path}: meta \"layers\" must be an integer in [1, {MAX_LAYERS}], "
+                         f"got {str(layers)[:40]}")
+    return meta
 
 
-class NativeBackend:
-    """The stream step in C (`charstream._stream.NativeLSTM`): one call per
-    character runs every layer, the softmax and the sampling without the GIL.
+def _check_shapes(path: Path, meta: dict, arrays: dict) -> None:
+    """Every array float32, of the shape its neighbours imply (the depth is the
+    softmax bias's length, each layer's width its recurrent kernel's), and the
+    meta's `units` those widths. The meta's `depth` is held to the run's
+    vocabulary by the run (`charstream.run.RunDir.load_weights`)."""
+    for name, array in arrays.items():
+        if array.dtype != np.float32:
+            raise ValueError(f"{path}: {name} must be float32, got {array.dtype}")
+    bias = arrays["dense_bias"]
+    if bias.ndim != 1 or not 1 <= bias.shape[0] <= 256:
+        raise ValueError(f"{path}: dense_bias must have shape (depth,) with 1 <= depth <= 256, "
+                         f"got {bias.shape}")
+    depth = inputs = bias.shape[0]
+    widths = []
+    for k in range(1, meta["layers"] + 1):
+        recurrent = arrays[f"lstm_{k}_recurrent_kernel"]
+        units = recurrent.shape[0] if recurrent.ndim == 2 else -1
+        _expect(path, arrays, {f"lstm_{k}_kernel": (inputs, 4 * units),
+                               f"lstm_{k}_recurrent_kernel": (units, 4 * units),
+                               f"lstm_{k}_bias": (4 * units,)})
+        widths.append(int(units))
+        inputs = units
+    _expect(path, arrays, {"dense_kernel": (inputs, depth)})
+    if meta.get("units") != widths:
+        raise ValueError(f"{path}: meta \"units\" is {str(meta.get('units'))[:80]} but the "
+                         f"arrays have {widths}")
 
-    Args:
-        weights: as `load_stream_weights` returns, or `charstream.model.stream_weights`.
-        batch: independent streams.
-        source: where the weights came from, for error messages.
-    """
 
-    name = "native"
-
-    def __init__(self, weights: dict, batch: int = 1, source: str = "weights"):
-        from ._stream import NativeLSTM
-
-        try:
-            self.net = NativeLSTM(weights["lstms"], *weights["dense"], batch=batch)
-        except ValueError as err:
-            raise ValueError(f"{source}: {err}") from None
-        self.batch = batch
-        self.depth = self.net.depth
-
-    def reset(self, rows=None) -> None:
-        self.net.reset(rows)
-
-    def probs(self, ids) -> np.ndarray:
-        return self.net.probs(ids)
-
-    def step_sample_into(self, ids, temperature: float, top_k, u, out) -> None:
-        self.net.step_sample_into(ids, temperature, top_k or 0, u, out)
-
-    def step_sample1(self, char_id: int, temperature: float, top_k, u: float) -> int:
-        return self.net.step_sample1(char_id, temperature, top_k or 0, u)
+def _expect(path: Path, arrays: dict, shapes: dict) -> None:
+    for name, shape in shapes.items():
+        if arrays[name].shape != shape:
+            raise ValueError(f"{path}: {name} has shape {arrays[name].shape}, expected {shape} "
+                             "(from the meta and the other arrays)")

@@ -2,8 +2,9 @@
 
 `evaluate_stream(run, backend="keras")` scores `model.keras` through Keras;
 `backend="native"` scores the exported `stream.npz` itself, in C, and never
-imports TensorFlow. Both read the held-out tail through `charstream.run`, which
-checks the corpus against the sha256 the run recorded.
+imports TensorFlow. Either way the scoring is the backend's (`Backend.score`,
+`Backend.score_windows`). Both read the held-out tail through `charstream.run`,
+which checks the corpus against the sha256 the run recorded.
 """
 from __future__ import annotations
 
@@ -12,19 +13,17 @@ import os
 
 import numpy as np
 
-from . import _checks
-from .run import RunDir
-from .stream import StreamGenerator
-
-WINDOW_BATCH = 1024   # windows scored together (no gradients: big batches are cheap)
+from .. import _checks
+from ..run import RunDir
+from .generator import StreamGenerator
 
 
 def held_out_text(run_dir: str | os.PathLike) -> str:
     """The run's held-out tail as text (reduced, if the run was): the characters
     training never saw."""
     run_dir = RunDir(run_dir)
-    run = run_dir.read()
-    return run.vocab.decode(run_dir.held_out_ids(run))
+    record = run_dir.read()
+    return record.vocab.decode(run_dir.held_out_ids(record))
 
 
 def evaluate_stream(run_dir: str | os.PathLike, text: str | None = None,
@@ -58,49 +57,17 @@ def evaluate_stream(run_dir: str | os.PathLike, text: str | None = None,
     if reprime_every is not None:
         _checks.positive_int(reprime_every, "reprime_every")
     run_dir = RunDir(run_dir)
-    seq_len = run_dir.read().settings.seq_len
+    record = run_dir.read()
+    seq_len = record.settings.seq_len
     gen = StreamGenerator.load(run_dir, backend=backend)
-    ids = run_dir.held_out_ids() if text is None else gen.encode(text)
+    ids = run_dir.held_out_ids(record) if text is None else gen.encode(text)
     if len(ids) < seq_len + 1:
         raise ValueError(f"text has {len(ids)} characters; scoring needs more than {seq_len}")
-    window = window_nll(gen, run_dir, ids, seq_len).mean()
+    window = gen.backend.score_windows(ids, seq_len).mean()
     stream = stream_nll(gen, ids, seq_len, reprime_every).mean()
     return {"characters": int(len(ids) - seq_len), "window_nats": float(window),
             "window_bits": float(window / math.log(2)), "stream_nats": float(stream),
             "stream_bits": float(stream / math.log(2)), "reprime_every": reprime_every}
-
-
-def window_nll(gen: StreamGenerator, run_dir: RunDir, ids: np.ndarray, seq_len: int) -> np.ndarray:
-    """`-log p(ids[k] | ids[k - seq_len : k])` from a zero state, for `k >= seq_len`.
-
-    The Keras backend runs a windowed copy of its model over batches of windows;
-    the native backend feeds WINDOW_BATCH windows to as many C streams at once.
-    """
-    targets = ids[seq_len:]
-    if gen.backend.name == "keras":
-        from .batches import WindowBatches
-        from .model import windowed_copy
-
-        model = windowed_copy(gen.backend.model, seq_len)
-        starts = range(len(targets))
-        p = model.predict(WindowBatches(ids, starts, WINDOW_BATCH, seq_len, gen.vocab.size),
-                          verbose=0)
-        return -np.log(np.maximum(p[np.arange(len(targets)), targets], 1e-12))
-    from ._stream import NativeLSTM
-    from .native import load_stream_weights
-
-    weights = load_stream_weights(run_dir.stream_file)
-    net = NativeLSTM(weights["lstms"], *weights["dense"], batch=WINDOW_BATCH)
-    out = np.empty(len(targets))
-    rows = np.arange(WINDOW_BATCH)
-    for lo in range(0, len(targets), WINDOW_BATCH):
-        n = min(WINDOW_BATCH, len(targets) - lo)
-        starts = lo + np.minimum(rows, n - 1)          # a short last batch repeats a window
-        net.reset()
-        for t in range(seq_len):
-            p = net.probs(ids[starts + t])
-        out[lo:lo + n] = -np.log(np.maximum(p[rows[:n], targets[lo:lo + n]], 1e-12))
-    return out
 
 
 def stream_nll(gen: StreamGenerator, ids: np.ndarray, seq_len: int,
@@ -108,8 +75,8 @@ def stream_nll(gen: StreamGenerator, ids: np.ndarray, seq_len: int,
     """`-log p(ids[k] | ids[:k])` for `k >= seq_len`, from one stream started at `ids[0]`.
 
     With `reprime_every=K` the state is reset at every multiple of K and re-fed the
-    `seq_len - 1` characters before it. The native backend scores each unbroken
-    run of characters in one C call (`NativeLSTM.score`); the Keras backend steps.
+    `seq_len - 1` characters before it. Each unbroken run of characters is one
+    `Backend.score` call (one C call on the native backend).
 
     Returns:
         float64 `(len(ids) - seq_len,)`.
@@ -123,20 +90,7 @@ def stream_nll(gen: StreamGenerator, ids: np.ndarray, seq_len: int,
         # the first piece from the text's start, the others re-primed with the
         # seq_len - 1 characters before the cut.
         gen.reset()
-        pieces.append(_score(gen, ids[begin:end + 1])[seq_len - 1:])
+        nll, _ = gen.backend.score(ids[begin:end + 1])
+        pieces.append(nll[seq_len - 1:])
         begin = end - seq_len + 1
     return np.concatenate(pieces)
-
-
-def _score(gen: StreamGenerator, ids: np.ndarray) -> np.ndarray:
-    """`nll[j] = -log p(ids[j + 1] | ids[:j + 1])` from the current (reset) state."""
-    net = getattr(gen.backend, "net", None)
-    if net is not None:
-        gen.steps += max(len(ids) - 1, 0)
-        return net.score(ids)[0]
-    nll = np.empty(max(len(ids) - 1, 0))
-    for k in range(len(ids) - 1):
-        p = gen.backend.probs([int(ids[k])])[0]
-        gen.steps += 1
-        nll[k] = -math.log(max(p[ids[k + 1]], 1e-12))
-    return nll

@@ -19,8 +19,8 @@ import math
 import keras
 import numpy as np
 
-from . import _checks
-from .windows import onehot_batch, onehot_streams, stream_length
+from .. import _checks
+from ..data.windows import onehot_batch, onehot_streams, stream_length
 
 
 class _EpochOrdered(keras.utils.PyDataset):

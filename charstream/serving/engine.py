@@ -1,0 +1,312 @@
+"""Continuous batching: many independent streams on one native step. No TensorFlow.
+
+The engine is three parts, split by role as serving engines split them:
+
+- `Scheduler` (`charstream.serving.scheduler`) decides: who waits, who runs,
+  who is parked, who finished; it returns a `Decision` and touches nothing.
+- `Slots` (`charstream.serving.slots`) executes: the batch's memory and the
+  tick, one C step (`NativeBackend.step_rows`) over the active rows, in a worker
+  thread without the GIL; it knows no queues.
+- The tick loop (here, `_TickLoop`) is the thin asyncio loop around them: it
+  asks the scheduler, has the slots apply the decision, runs the tick in a
+  worker thread, and wakes the readers; it is also the readers' handle.
+- `Engine` (here) is the front door: loading, starting and stopping, checking
+  and submitting requests, and the numbers `/metrics` shows.
+
+**Same seed, same text, whatever else runs**: a request's row computes exactly
+what `StreamGenerator.load(run, backend="native").stream(prime, temperature,
+seed, top_k)` computes alone (rows of the C step are independent and bit for bit
+the single stream's), and it draws its own uniforms
+(`charstream.streaming.sampling`).
+
+Output: each request owns a ring of `buffer` ids that the tick writes and its
+reader drains. Readers wake on a shared pulse, every `flush` seconds while
+anything runs, so a tick's characters for one client travel together. A reader
+that falls `buffer` characters behind (a client that stopped reading) is parked:
+its state is saved and its row freed, so it costs the others nothing; it
+resumes when it reads again, and is cancelled ("stalled") after `stall_timeout`
+seconds parked.
+
+    engine = Engine.load(run_dir, max_streams=256)
+    async with engine:                       # starts the tick loop
+        async for chunk in engine.stream("ROMEO:", max_tokens=200, seed=1):
+            print(chunk, end="")
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import os
+import time
+
+import numpy as np
+
+from .. import _checks
+from ..data.text import Vocabulary
+from ..streaming.native import NativeBackend
+from ..streaming.sampling import Uniforms, start_ids
+from .request import Checked, Limits, Request, check_request
+from .scheduler import Decision, QueueFull, Scheduler
+from .slots import Slots, carry_out
+
+__all__ = ["Engine", "QueueFull", "Request", "ShuttingDown"]
+
+
+class ShuttingDown(RuntimeError):
+    """The engine takes no new requests."""
+
+
+class Engine:
+    """Continuous batching over the native step (see the module docstring).
+
+    Args:
+        weights: as `charstream.weights.load_stream_weights` returns.
+        vocab: the run's vocabulary.
+        reduce: reduce prompts as the run's training text was.
+        max_streams: rows of the batch: requests served at once.
+        max_queue: requests that may wait for a row; more get `QueueFull`.
+        max_tokens: the largest `max_tokens` a request may ask for.
+        max_prime: the longest prime, in characters.
+        buffer: characters a reader may fall behind before its request parks.
+        flush: seconds between the pulses that wake readers.
+        stall_timeout: seconds a parked request waits for its reader.
+    """
+
+    def __init__(self, weights: dict, vocab: Vocabulary, reduce: bool = True, *,
+                 max_streams: int = 256, max_queue: int = 1024, max_tokens: int = 100_000,
+                 max_prime: int = 4096, buffer: int = 65_536, flush: float = 0.02,
+                 stall_timeout: float = 60.0):
+        for name, value in (("max_streams", max_streams), ("max_tokens", max_tokens),
+                            ("max_prime", max_prime), ("buffer", buffer)):
+            _checks.positive_int(value, name)
+        _checks.non_negative_int(max_queue, "max_queue")
+        _checks.positive_number(flush, "flush")
+        _checks.positive_number(stall_timeout, "stall_timeout")
+        self.vocab, self.reduce = vocab, reduce
+        self.limits = Limits(max_tokens, max_prime)
+        self.max_streams, self.buffer, self.flush = max_streams, buffer, flush
+        self.scheduler = Scheduler(max_streams, max_queue, buffer, stall_timeout)
+        slots = Slots(NativeBackend(weights, batch=max_streams), max_prime, buffer)
+        self._ticker = _TickLoop(self.scheduler, slots, vocab, flush)
+        self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.requests = 0
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike, **options) -> "Engine":
+        """An engine over a run directory's `stream.npz`, checked as every reader
+        of a run checks it (`charstream.run.RunDir.load_weights`)."""
+        from ..run import RunDir
+
+        run_dir = RunDir(run_dir)
+        record = run_dir.read()
+        return cls(run_dir.load_weights(record), record.vocab, record.settings.reduce,
+                   **options)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> "Engine":
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    @property
+    def closing(self) -> bool:
+        """Whether `shutdown()` was called: no new requests are taken."""
+        return self._ticker.closing
+
+    def start(self) -> None:
+        """Start the tick loop on the running event loop."""
+        if self._task is None:
+            self._loop = asyncio.get_running_loop()
+            self._task = self._loop.create_task(self._ticker.run())
+
+    def shutdown_soon(self) -> None:
+        """`shutdown()` from anywhere (a signal handler, another thread)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.shutdown)
+        else:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """Take no new requests; the loop ends every waiting and running one
+        ("shutdown") before its next tick. Safe from a signal handler: it only sets
+        a flag (rows are never touched while a step runs)."""
+        self._ticker.closing = True
+        self._ticker.wake()
+
+    async def close(self) -> None:
+        self.shutdown()
+        self._ticker.apply(self.scheduler.shutdown())
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        self._ticker.executor.shutdown(wait=True)
+
+    # ------------------------------------------------------------------ requests
+
+    def check(self, prime: str = "", max_tokens=256, temperature=1.0, top_k=None,
+              seed=None) -> Checked:
+        """The request checked (`charstream.serving.request.check_request`)."""
+        return check_request(self.limits, self.vocab, self.reduce, prime, max_tokens,
+                             temperature, top_k, seed)
+
+    def submit(self, prime: str = "", max_tokens: int = 256, temperature: float = 1.0,
+               top_k: int | None = None, seed: int | None = None) -> Request:
+        """Check and queue a request; it takes a row at the next tick with one free.
+
+        Raises:
+            RequestError (a ValueError): naming a bad field (a prime character the
+                vocabulary cannot represent included).
+            QueueFull: every row busy and `max_queue` requests already waiting.
+            ShuttingDown: after `shutdown()`.
+        """
+        if self.closing:
+            raise ShuttingDown("the server is shutting down")
+        checked = self.check(prime, max_tokens, temperature, top_k, seed)
+        draws = Uniforms(checked.seed)
+        ids = start_ids(checked.ids, self.vocab.size, self.vocab.chars.find("\n"), draws)
+        req = Request(self._ticker, checked, ids, draws)
+        self.scheduler.submit(req)
+        self.requests += 1
+        self._ticker.wake()
+        return req
+
+    async def stream(self, prime: str = "", max_tokens: int = 256, temperature: float = 1.0,
+                     top_k: int | None = None, seed: int | None = None):
+        """`submit`, then yield the text as it comes (cancelled if abandoned)."""
+        req = self.submit(prime, max_tokens, temperature, top_k, seed)
+        async for chunk in req.chunks():
+            yield chunk
+
+    # ------------------------------------------------------------------ numbers
+
+    @property
+    def ticks(self) -> int:
+        """Batched native steps run so far."""
+        return self._ticker.ticks
+
+    @property
+    def characters(self) -> int:
+        """Characters produced so far, all requests together."""
+        return self._ticker.slots.produced
+
+    def stats(self) -> dict:
+        sched, slots = self.scheduler, self._ticker.slots
+        return {"active": slots.active, "queued": len(sched.queue),
+                "parked": len(sched.parked), "free": len(slots.free),
+                "max_streams": self.max_streams, "ticks": self.ticks,
+                "characters": self.characters, "requests": self.requests,
+                "characters_per_second": self._ticker.rate.value(self.characters)}
+
+
+class _TickLoop:
+    """The loop between the scheduler and the slots, and the readers' handle
+    (`pulse`, `wake`, `read`, `produced`): what a `Request` talks to."""
+
+    def __init__(self, scheduler: Scheduler, slots: Slots, vocab: Vocabulary, flush: float):
+        self.scheduler, self.slots, self.flush = scheduler, slots, flush
+        self.codes = np.array([ord(c) for c in vocab.chars], dtype="<u4")
+        self.pulse, self._wake = asyncio.Event(), asyncio.Event()
+        self.closing = False
+        self.ticks = 0
+        self.rate = _Rate()
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, "charstream-engine")
+        self._last_pulse = 0.0
+
+    # ------------------------------------------------------------------ the readers' handle
+
+    def wake(self) -> None:
+        """Something changed that the loop must look at (a request, a cancel, a read)."""
+        self._wake.set()
+
+    def produced(self, req: Request) -> int:
+        return int(self.slots.written[req.slot]) if req.slot >= 0 else 0
+
+    def read(self, req: Request) -> str:
+        """What `req` produced since its last read; a finished request's slot
+        comes back once everything is read."""
+        slots = self.slots
+        if req.slot < 0 or slots.owner[req.slot] is not req:
+            return ""
+        text = ""
+        if slots.unread(req.slot):
+            text = self.codes[slots.drain(req.slot)].tobytes().decode("utf-32-le")
+            if req.parked_since is not None:
+                self._wake.set()  # it may resume
+        if req.done:
+            self.apply(self.scheduler.read_all(req))
+        return text
+
+    # ------------------------------------------------------------------ the loop
+
+    def _unread(self, req: Request) -> int:
+        return self.slots.unread(req.slot)
+
+    async def run(self) -> None:
+        loop, slots, sched = asyncio.get_running_loop(), self.slots, self.scheduler
+        while True:
+            self._wake.clear()  # what happens from here on wakes the loop (or ends a batch)
+            if self.closing:
+                self.apply(sched.shutdown())
+            self.apply(sched.schedule(time.monotonic(), self._unread))
+            if not slots.active:
+                # Nothing to step: readers take what is left, and the loop sleeps
+                # until a request, a cancel, a read or a freed slot wakes it.
+                self.broadcast()
+                if sched.idle(self._unread):
+                    # Parked requests are checked for a stall even when all is quiet.
+                    timeout = sched.stall_timeout / 4 if sched.parked else None
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), timeout)
+                    except asyncio.TimeoutError:
+                        pass
+                continue
+            running = slots.running()
+            deadline = time.monotonic() + self.flush
+            self.ticks += await loop.run_in_executor(
+                self.executor, slots.work, running, deadline, self._wake.is_set)
+            self.rate.add(slots.produced)
+            done, behind = slots.ended(running)
+            self.apply(sched.after_tick([slots.owner[s] for s in done],
+                                        [slots.owner[s] for s in behind], time.monotonic()))
+            if time.monotonic() - self._last_pulse >= self.flush:
+                self.broadcast()
+
+    def apply(self, decision: Decision) -> None:
+        """Have the slots carry a scheduler's decision out, then wake who must wake."""
+        carry_out(self.slots, decision)
+        if decision.free:
+            self._wake.set()  # a waiting request may take a slot
+        if decision.ended:
+            self.broadcast()
+
+    def broadcast(self) -> None:
+        """Wake every reader: the pulse is set and a fresh one takes its place."""
+        pulse, self.pulse = self.pulse, asyncio.Event()
+        self._last_pulse = time.monotonic()
+        pulse.set()
+
+
+class _Rate:
+    """Characters per second over the last few seconds, from running totals."""
+
+    def __init__(self, window: float = 5.0):
+        self.window, self.samples = window, collections.deque([(time.monotonic(), 0)])
+
+    def add(self, total: int) -> None:
+        now = time.monotonic()
+        self.samples.append((now, total))
+        while len(self.samples) > 2 and now - self.samples[1][0] > self.window:
+            self.samples.popleft()
+
+    def value(self, total: int) -> float:
+        (then, before), now = self.samples[0], time.monotonic()
+        return (total - before) / (now - then) if now > then else 0.0

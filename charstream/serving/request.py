@@ -1,0 +1,151 @@
+"""A completion request: checked once, then a place in the engine.
+
+`check_request` is the one check of what a request asks the engine for; the
+engine calls it in `submit`, the HTTP layer only gathers the fields and maps a
+`RequestError` (which names its field) to a 4xx answer. Values are checked for
+their JSON type too (`true` is not an integer), since they come from clients.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+
+import numpy as np
+
+from .. import _checks
+from ..data.text import Vocabulary, reduce_text
+from ..streaming.sampling import Uniforms, check_top_k
+
+
+class RequestError(ValueError):
+    """A request field with a bad value; `field` names it (None for the whole body)."""
+
+    def __init__(self, field: str | None, message: str, status: int = 400,
+                 code: str | None = None):
+        super().__init__(message)
+        self.field, self.status, self.code = field, status, code
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What the server allows a request."""
+
+    max_tokens: int = 100_000
+    max_prime: int = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class Checked:
+    """A request as the engine runs it."""
+
+    ids: np.ndarray             # the prime's ids (reduced and encoded), maybe empty
+    max_tokens: int
+    temperature: float
+    top_k: int | None           # capped at the vocabulary's size
+    seed: int | None
+
+
+def _shown(value) -> str:
+    """A bad value as a message quotes it: JSON, at most 80 characters."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _typed(value, name: str, kind) -> None:
+    """A JSON value of the right type: `true` is not an integer, `"2"` not a number."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+        what = "a number" if kind is not int else "an integer"
+        raise RequestError(name, f"{name} must be {what}, got {_shown(value)}")
+
+
+def check_request(limits: Limits, vocab: Vocabulary, reduce: bool, prime="",
+                  max_tokens=256, temperature=1.0, top_k=None, seed=None) -> Checked:
+    """Check every field; the prime reduced (as the run's text was) and encoded.
+
+    Raises:
+        RequestError: naming the first bad field and quoting its value.
+    """
+    def error(name):
+        return functools.partial(RequestError, name)
+
+    if not isinstance(prime, str):
+        raise RequestError("prompt", f"prompt must be a string, got {_shown(prime)}")
+    if len(prime) > limits.max_prime:
+        raise RequestError("prompt", f"prompt has {len(prime)} characters; at most "
+                           f"{limits.max_prime}")
+    for name, value, kind in (("max_tokens", max_tokens, int), ("temperature", temperature,
+                              (int, float)), ("top_k", top_k, int), ("seed", seed, int)):
+        _typed(value, name, kind)
+    _checks.positive_int(max_tokens, "max_tokens", error("max_tokens"))
+    if max_tokens > limits.max_tokens:
+        raise RequestError("max_tokens", f"max_tokens must be at most {limits.max_tokens}, "
+                           f"got {max_tokens}")
+    _checks.non_negative_number(temperature, "temperature", error("temperature"))
+    _checks.optional_positive_int(top_k, "top_k", error=error("top_k"))
+    if seed is not None:
+        _checks.non_negative_int(seed, "seed", error("seed"))
+    try:
+        ids = vocab.encode(reduce_text(prime) if reduce else prime)
+    except ValueError as err:
+        raise RequestError("prompt", str(err)) from None
+    if len(ids) > limits.max_prime:  # reduction may lengthen (U+0130 lowercases to two)
+        raise RequestError("prompt", f"prompt has {len(ids)} characters once reduced; at "
+                           f"most {limits.max_prime}")
+    return Checked(ids, max_tokens, float(temperature), check_top_k(top_k, vocab.size), seed)
+
+
+class Request:
+    """One stream's place in the engine. Read it with `chunks()` or the engine's
+    `stream()`; `cancel()` frees its row at the next tick.
+
+    It talks to its engine through the engine's readers' handle only: `pulse`,
+    `wake()`, `read(request)` and `produced(request)`.
+    """
+
+    def __init__(self, handle, checked: Checked, ids: np.ndarray, draws: Uniforms):
+        self._handle = handle
+        self.checked, self.ids, self.draws = checked, ids, draws
+        self.prime_chars = len(ids)
+        self.max_tokens = checked.max_tokens
+        self.slot = -1                       # set when placed
+        self.finish_reason: str | None = None  # "length", "cancelled", "stalled", "shutdown"
+        self.cancelled = False
+        self.parked_since: float | None = None
+        self.saved_state: list | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def produced(self) -> int:
+        """Characters generated so far (read or not)."""
+        return self._handle.produced(self)
+
+    def cancel(self) -> None:
+        """Stop producing; the row and the buffer are freed at the next tick."""
+        self.cancelled = True
+        self._handle.wake()
+
+    def read(self) -> str:
+        """The characters produced since the last read (possibly none)."""
+        return self._handle.read(self)
+
+    async def chunks(self):
+        """Text as it is produced, a pulse's worth at a time, until the request ends."""
+        try:
+            while True:
+                pulse = self._handle.pulse
+                text = self.read()
+                if text:
+                    yield text
+                elif self.done:
+                    return
+                else:
+                    await pulse.wait()
+        finally:  # a reader that leaves early lets go of everything
+            self.cancel()

@@ -1,0 +1,8 @@
+"""The training stage: plan → build → fit → finish.
+
+`plan` (the arguments resolved and checked before anything is written),
+`pipeline` and `batches` (one-hot batches on demand, windows or carried-state
+streams), `callbacks` (stop, resume, budget, validation through the native
+step), `distribute` (tf.distribute, the one reader of `TF_CONFIG`), `plot`, and
+`fit` (build, fit, finish). `python -m charstream.train` is the command line.
+"""
