@@ -5,7 +5,7 @@ import pytest
 from charstream import _reference as ref
 from charstream import onehot_batch
 
-from conftest import record_rate
+from _shared import record_rate
 
 
 @pytest.mark.benchmark(group="batches: build one shuffled batch")
@@ -62,7 +62,7 @@ class Run:
 @pytest.fixture(scope="module")
 def order(corpus_ids):
     """Epoch 0's shuffled windows: what both contenders train on, in this order."""
-    from charstream.batches import WindowBatches
+    from charstream.training.batches import WindowBatches
 
     batches = WindowBatches(corpus_ids, range(STEPS * BATCH), BATCH, 16, 36, shuffle=True)
     return batches, np.concatenate([batches.batch_starts(b) for b in range(len(batches))])

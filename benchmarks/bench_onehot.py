@@ -10,7 +10,7 @@ import pytest
 from charstream import _reference as ref
 from charstream import onehot_windows
 
-from conftest import record_rate
+from _shared import record_rate
 
 SIZES = {"200k": 200_000, "full": None}
 

@@ -9,7 +9,7 @@ import pytest
 
 from charstream import _reference as ref
 
-from conftest import ENCODE_CONTENDERS, REDUCE_CONTENDERS, record_rate
+from _shared import record_rate
 
 SIZES = ["1x", "4x", "16x", "non-ascii"]
 
@@ -30,21 +30,23 @@ def definitions(texts):
 
 @pytest.mark.benchmark(group="reduce: reduce_text -> str")
 @pytest.mark.parametrize("size", SIZES)
-@pytest.mark.parametrize("name", REDUCE_CONTENDERS)
-def test_reduce(benchmark, texts, definitions, name, size):
+def test_reduce(benchmark, texts, definitions, reduce_contender, size):
+    name, contender = reduce_contender
     if name == "python-tutorial-loop" and size not in ("1x", "non-ascii"):
         pytest.skip("the per-character loop is only timed at 1x (it is linear and slow)")
     text = texts[size]
-    out = benchmark.pedantic(REDUCE_CONTENDERS[name], (text,), rounds=5, warmup_rounds=1)
+    benchmark.extra_info["contender"] = name
+    out = benchmark.pedantic(contender, (text,), rounds=5, warmup_rounds=1)
     record_rate(benchmark, len(text) / 1e6, "Mchar/s")
     assert out == definitions("reduce", size)
 
 
 @pytest.mark.benchmark(group="reduce: encode_reduced -> uint8 ids")
 @pytest.mark.parametrize("size", SIZES)
-@pytest.mark.parametrize("name", ENCODE_CONTENDERS)
-def test_encode(benchmark, texts, definitions, name, size):
+def test_encode(benchmark, texts, definitions, encode_contender, size):
+    name, contender = encode_contender
+    benchmark.extra_info["contender"] = name
     text = texts[size]
-    out = benchmark.pedantic(ENCODE_CONTENDERS[name], (text,), rounds=5, warmup_rounds=1)
+    out = benchmark.pedantic(contender, (text,), rounds=5, warmup_rounds=1)
     record_rate(benchmark, len(text) / 1e6, "Mchar/s")
     np.testing.assert_array_equal(out, definitions("encode", size))

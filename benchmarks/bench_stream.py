@@ -5,7 +5,7 @@ The weights are random (speed does not depend on them); the model is the
 default 89,124-parameter LSTM(128). One step is `NativeLSTM.flops_per_step`
 floating-point operations (142,224 for this model).
 
-Every contender samples under charstream's contract (`charstream.sampling`): the
+Every contender samples under charstream's contract (`charstream.streaming.sampling`): the
 doubles of `default_rng(seed)`, one per character. After timing, each one's
 whole text is replayed through a fresh copy of its own model, and every
 character must be the one `charstream._reference.sample_id` draws from that
@@ -21,9 +21,9 @@ import pytest
 
 from charstream import ALPHABET, Vocabulary
 from charstream import _reference as ref
-from charstream.sampling import Uniforms, sample_id
+from charstream.streaming.sampling import Uniforms, sample_id
 
-from conftest import record_rate
+from _shared import record_rate
 
 FAST_CHARS = 500   # per round, for contenders at thousands of characters/s
 SLOW_CHARS = 20    # per round, for contenders that call model.predict per character
@@ -133,7 +133,8 @@ def test_predict_on_stateful_copy(benchmark, train_model):
 @pytest.mark.benchmark(group="stream: one stream, characters/s")
 def test_native_kernel_only(benchmark, random_run):
     """The C loop alone (NativeLSTM.sample_many): the ceiling of the lazy iterator."""
-    from charstream.native import NativeBackend, load_stream_weights
+    from charstream.streaming.native import NativeBackend
+    from charstream.weights import load_stream_weights
 
     weights = load_stream_weights(random_run / "stream.npz")
     net = NativeBackend(weights).net
@@ -200,7 +201,8 @@ def test_batched_streams(benchmark, random_run, backend):
 def test_native_batched_kernel_only(benchmark, random_run):
     """64 streams stepped by `NativeLSTM.step_sample_into` directly: no iterator,
     no characters, the ceiling of `stream_batch`."""
-    from charstream.native import NativeBackend, load_stream_weights
+    from charstream.streaming.native import NativeBackend
+    from charstream.weights import load_stream_weights
 
     net = NativeBackend(load_stream_weights(random_run / "stream.npz"), batch=BATCH).net
     steps = 2000

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import TRAIN_CONTENDERS, record_rate
+from _shared import record_rate
 
 BATCH, SEQ, STEPS = 32, 16, 256
 # Unrolled, XLA-compiled and PyTorch graphs sum in other orders: after 256 steps
@@ -25,7 +25,7 @@ TOLERANCE = 2e-4
 
 @pytest.fixture(scope="module")
 def stream_batches(corpus_ids):
-    from charstream.batches import StreamBatches
+    from charstream.training.batches import StreamBatches
 
     split = int(len(corpus_ids) * 0.9)
     return StreamBatches(corpus_ids[:split], BATCH, SEQ, 36, seed=0)
@@ -150,19 +150,21 @@ class TorchRun:
 
 
 @pytest.fixture(scope="module")
-def reference_loss(initial_weights, stream_batches):
+def reference_loss(plain_fit_settings, initial_weights, stream_batches):
     """The plain `fit` contender's mean loss over STEPS steps, from its own run."""
-    return KerasRun(TRAIN_CONTENDERS["plain-fit"], initial_weights, stream_batches).train()
+    return KerasRun(plain_fit_settings, initial_weights, stream_batches).train()
 
 
 @pytest.mark.benchmark(group="train: carried-state steps (32 streams x 16, LSTM 128)")
-@pytest.mark.parametrize("name", list(TRAIN_CONTENDERS) + ["torch-nn.LSTM"])
-def test_training_throughput(benchmark, name, initial_weights, stream_batches, reference_loss):
-    if name == "torch-nn.LSTM":
+def test_training_throughput(benchmark, train_contender, initial_weights, stream_batches,
+                             reference_loss):
+    name, settings = train_contender
+    benchmark.extra_info["contender"] = name
+    if settings is None:  # "torch-nn.LSTM"
         pytest.importorskip("torch")
         run = TorchRun(initial_weights, stream_batches)
     else:
-        run = KerasRun(TRAIN_CONTENDERS[name], initial_weights, stream_batches)
+        run = KerasRun(settings, initial_weights, stream_batches)
     loss = benchmark.pedantic(run.train, rounds=3)
     record_rate(benchmark, STEPS * BATCH * SEQ, "targets/s")
     benchmark.extra_info["mean loss"] = round(loss, 6)

@@ -6,33 +6,17 @@ asserts that it produced the reference's result.
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
+from _shared import corpus_path, corpus_text
 
 import charstream
 from charstream import _reference as ref
 
-SHARED_CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare.txt"
-
-
-def _corpus_path() -> Path:
-    """$CHARSTREAM_DATA, else ../shared beside the checkout, else tiny Shakespeare
-    downloaded and cached by Keras."""
-    env = os.environ.get("CHARSTREAM_DATA")
-    path = Path(env) if env else SHARED_CORPUS
-    return path if path.is_file() else charstream.text.corpus_path()
-
-
-def _corpus_text() -> str:
-    return charstream.load_corpus(_corpus_path())
-
 
 @pytest.fixture(scope="session")
 def corpus() -> str:
-    return _corpus_text()
+    return corpus_text()
 
 
 @pytest.fixture(scope="session")
@@ -77,9 +61,25 @@ TRAIN_CONTENDERS = {
 }
 
 
-def record_rate(benchmark, amount: float, unit: str) -> None:
-    """Store `amount / median seconds` in the JSON and the table (e.g. GB/s)."""
-    benchmark.extra_info[unit] = round(amount / benchmark.stats.stats.median, 3)
+# A benchmark names the contenders it times by asking for one of these fixtures;
+# each is parametrized over its table as (name, contender).
+CONTENDER_FIXTURES = {
+    "reduce_contender": REDUCE_CONTENDERS,
+    "encode_contender": ENCODE_CONTENDERS,
+    "train_contender": {**TRAIN_CONTENDERS, "torch-nn.LSTM": None},
+}
+
+
+def pytest_generate_tests(metafunc):
+    for fixture, table in CONTENDER_FIXTURES.items():
+        if fixture in metafunc.fixturenames:
+            metafunc.parametrize(fixture, list(table.items()), ids=list(table))
+
+
+@pytest.fixture(scope="session")
+def plain_fit_settings() -> dict:
+    """The reference of the training contenders: Keras's `fit` as it comes."""
+    return TRAIN_CONTENDERS["plain-fit"]
 
 
 @pytest.fixture(scope="session")
@@ -90,11 +90,11 @@ def random_run(tmp_path_factory, corpus):
 
     from charstream.config import TrainConfig
     from charstream.model import build_training_model, stream_weights
-    from charstream.native import export_stream_weights
+    from charstream.weights import export_stream_weights
     from charstream.run import RunDir, read_corpus
 
     run = RunDir(tmp_path_factory.mktemp("bench") / "run")
-    config = TrainConfig(data=str(_corpus_path()))
+    config = TrainConfig(data=str(corpus_path()))
     run.create(config, read_corpus(config))
     keras.utils.set_random_seed(0)
     model = build_training_model()

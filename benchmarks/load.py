@@ -40,9 +40,9 @@ def make_run(folder: Path) -> Path:
 
     from charstream.config import TrainConfig
     from charstream.model import build_training_model, stream_weights
-    from charstream.native import export_stream_weights
-    from charstream.run import Corpus, RunDir
-    from charstream.text import Vocabulary
+    from charstream.weights import export_stream_weights
+    from charstream.data.corpus import Corpus, RunDir
+    from charstream.data.text import Vocabulary
 
     run = RunDir(folder / "random")
     run.create(TrainConfig(), Corpus(folder / "none.txt", "", b"", Vocabulary.default()))

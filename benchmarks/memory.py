@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import _corpus_text  # noqa: E402
+from _shared import corpus_text  # noqa: E402
 
 
 def peak_rss(corpus: Path, out: Path, budget: str) -> tuple[int, dict]:
@@ -38,7 +38,7 @@ def main():
     parser.add_argument("--scale", type=int, default=20)
     parser.add_argument("--max-time", default="60s")
     args = parser.parse_args()
-    text = _corpus_text()
+    text = corpus_text()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         print("| corpus | characters | peak RSS, whole run | trained | the tutorial's one-hot tensor |")

@@ -1,15 +1,24 @@
-"""Turn a pytest-benchmark JSON file into the README's performance table.
+"""Turn a pytest-benchmark JSON file into the performance page's table.
 
     pytest benchmarks --benchmark-only --benchmark-json=benchmark.json
-    python benchmarks/report.py benchmark.json > table.md
+    python benchmarks/report.py benchmark.json                           # print it
+    python benchmarks/report.py benchmark.json --write docs/performance.md
+
+`--write` replaces what lies between the page's `<!-- report:start -->` and
+`<!-- report:end -->` lines, through a temporary file renamed into place.
 
 The first line names the machine and the run. Each row: group, size, contender,
 median time, speed relative to the group's reference contender (the plain or
 previous way; >1 means faster), and what the benchmark recorded beside the time
 (a rate such as GB/s or chars/s, a loss, a peak RSS).
 """
+import argparse
 import json
-import sys
+import os
+import tempfile
+from pathlib import Path
+
+START, END = "<!-- report:start -->", "<!-- report:end -->"
 
 # The contender each group is compared with.
 REFERENCE = {
@@ -81,6 +90,31 @@ def table(doc) -> str:
     return "\n".join(out)
 
 
+def write_into(page: Path, text: str) -> None:
+    """Put `text` between the page's markers, atomically."""
+    doc = page.read_text(encoding="utf-8")
+    if START not in doc or END not in doc:
+        raise SystemExit(f"{page}: no {START} ... {END} lines to write between")
+    head, rest = doc.split(START, 1)
+    tail = rest.split(END, 1)[1]
+    fd, tmp = tempfile.mkstemp(dir=page.parent, prefix=f".{page.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(f"{head}{START}\n{text}\n{END}{tail}")
+    os.replace(tmp, page)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("json", type=Path, help="pytest-benchmark's --benchmark-json file")
+    parser.add_argument("--write", type=Path, metavar="PAGE",
+                        help="write the table into PAGE between its report markers")
+    args = parser.parse_args()
+    text = table(json.loads(args.json.read_text(encoding="utf-8")))
+    if args.write:
+        write_into(args.write, text)
+    else:
+        print(text)
+
+
 if __name__ == "__main__":
-    with open(sys.argv[1], encoding="utf-8") as fh:
-        print(table(json.load(fh)))
+    main()
