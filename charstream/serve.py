@@ -9,11 +9,15 @@ row of one batched native step. No TensorFlow. The routes are
 Bad input is a 4xx JSON error naming the field and the value; more requests than
 rows queue up to --max-queue, then get 429 with Retry-After; SIGTERM stops
 accepting, ends every stream with a final event (finish_reason "shutdown") and
-exits 0.
+exits 0. Every read, write and connection is bounded (the flags below, with
+their defaults in docs/serving.md); if the engine's loop fails, every stream
+ends with an error event, /healthz answers 503, and the process exits 1 for its
+process manager to restart it.
 """
 from __future__ import annotations
 
 import argparse
+import resource
 import signal
 import sys
 from pathlib import Path
@@ -21,6 +25,9 @@ from pathlib import Path
 from . import _cli
 from .serving.app import create_app
 from .serving.engine import Engine
+from .serving.http import HttpLimits, guarded_protocol, quiet_uvicorn
+
+LOOPBACK = ("127.0.0.1", "localhost", "[::1]", "::1")
 
 PROG = "python -m charstream.serve"
 
@@ -47,7 +54,49 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds a paused stream waits for its client (default: 60)")
     parser.add_argument("--name", default=None,
                         help="the model's name in the API (default: the run directory's name)")
+    limits = parser.add_argument_group("limits")
+    limits.add_argument("--max-body", type=int, default=1 << 20, metavar="BYTES",
+                        help="the largest request body; more is 413 (default: 1048576)")
+    limits.add_argument("--body-timeout", type=float, default=10.0, metavar="S",
+                        help="seconds to receive a whole body; slower is 408 (default: 10)")
+    limits.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
+                        help="seconds to receive a request's line and headers, else the "
+                        "connection is closed (default: 10)")
+    limits.add_argument("--keep-alive", type=float, default=5.0, metavar="S",
+                        help="seconds an idle keep-alive connection stays open (default: 5)")
+    limits.add_argument("--max-connections", type=int, default=1000, metavar="N",
+                        help="connections and requests at once; more are answered 503 "
+                        "(default: 1000)")
+    limits.add_argument("--max-json-depth", type=int, default=32, metavar="N",
+                        help="the deepest nesting of a JSON body; deeper is 400 (default: 32)")
+    limits.add_argument("--allowed-hosts", default=None, metavar="H,H",
+                        help="Host names answered, comma-separated, '*' for any (default: "
+                        "the loopback names and --host)")
+    limits.add_argument("--cors-origins", default="", metavar="O,O",
+                        help="origins whose pages may call the API (default: none)")
     return parser
+
+
+def _check_limits(args) -> None:
+    for flag in ("max_streams", "max_tokens", "max_prompt", "buffer", "max_body",
+                 "max_connections", "max_json_depth"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be a positive integer, got "
+                             f"{getattr(args, flag)}")
+    for flag in ("flush_ms", "stall_timeout", "body_timeout", "header_timeout", "keep_alive"):
+        if not getattr(args, flag) > 0:
+            raise ValueError(f"--{flag.replace('_', '-')} must be a positive number, got "
+                             f"{getattr(args, flag)}")
+    if not 1 <= args.port <= 65535:
+        raise ValueError(f"--port must be in [1, 65535], got {args.port}")
+
+
+def _raise_file_limit() -> None:
+    """Every connection is a file descriptor: lift the soft limit to the hard one,
+    so --max-connections, not the default 1024 descriptors, is what bounds them."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _server(config, engine: Engine):
@@ -72,8 +121,7 @@ def main(argv=None) -> int:
     except ImportError as err:
         return _cli.fail(PROG, f"the server needs its extra: pip install \"charstream[serve]\" ({err})")
     try:
-        if not 1 <= args.port <= 65535:
-            raise ValueError(f"--port must be in [1, 65535], got {args.port}")
+        _check_limits(args)
         engine = Engine.load(args.run_dir, max_streams=args.max_streams, max_queue=args.max_queue,
                              max_tokens=args.max_tokens, max_prime=args.max_prompt,
                              buffer=args.buffer, flush=args.flush_ms / 1000,
@@ -83,9 +131,29 @@ def main(argv=None) -> int:
     import uvicorn
 
     model = args.name or Path(args.run_dir).resolve().name
-    config = uvicorn.Config(create_app(engine, model), host=args.host, port=args.port,
-                            log_level="warning", timeout_graceful_shutdown=10)
+    limits = HttpLimits(args.max_body, args.body_timeout, args.max_json_depth,
+                        args.stall_timeout)
+    hosts = (args.allowed_hosts.split(",") if args.allowed_hosts
+             else [*LOOPBACK, args.host])
+    app = create_app(engine, model, limits, hosts,
+                     [o for o in args.cors_origins.split(",") if o])
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                            timeout_graceful_shutdown=10, http=guarded_protocol(args.header_timeout),
+                            timeout_keep_alive=args.keep_alive,
+                            limit_concurrency=args.max_connections)
     server = _server(config, engine)
+    failed = []
+
+    def on_failure(failure: str) -> None:  # exit 1, for a process manager to restart it
+        failed.append(failure)
+        server.should_exit = True
+
+    engine.when_failed(on_failure)
+    quiet_uvicorn()
+    try:
+        _raise_file_limit()
+    except (ValueError, OSError):
+        pass
     # uvicorn re-raises the signal it stopped for once it has shut down: exit 0
     # for SIGTERM (a clean stop), 130 for Ctrl-C, without a traceback.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -93,7 +161,7 @@ def main(argv=None) -> int:
     print(f"serving {model} ({engine.max_streams} streams) on http://{args.host}:{args.port}",
           flush=True)
     server.run()
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

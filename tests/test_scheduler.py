@@ -10,6 +10,7 @@ class Req:
     def __init__(self, name):
         self.name = name
         self.finish_reason = None
+        self.finished_at = None
         self.cancelled = False
         self.parked_since = None
 

@@ -10,34 +10,30 @@
 The request's fields are checked once, by the engine
 (`charstream.serving.request.check_request`); this layer checks only what is
 HTTP's own (the body is a JSON object, `model`, `n`, `stream`) and maps a
-`RequestError` to a 4xx answer naming its field. More requests than rows queue
-up to the engine's bound, then get 429 with Retry-After. Starlette is imported
+`RequestError` to a 4xx answer naming its field. Every error, 404 and 405
+included, is JSON in OpenAI's shape. More requests than rows queue up to the
+engine's bound, then get 429 with Retry-After. The bounds on bodies, writes,
+hosts and connections are `charstream.serving.http`'s. Starlette is imported
 inside the functions, so `charstream.serving` imports without it.
 """
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import time
 import uuid
 from pathlib import Path
 
 from .engine import Engine, QueueFull, ShuttingDown
-from .request import RequestError
+from .http import EventStream, HostCheck, HttpLimits, json_error, read_json, until_disconnected
+from .request import RequestError, shown
 
 PAGE = Path(__file__).with_name("page.html")
 # The fields a completion request may set, with their defaults; prompt is the
 # engine's `prime`.
 DEFAULTS = {"prompt": "", "max_tokens": 16, "temperature": 1.0, "top_k": None, "seed": None,
             "stream": False}
-
-
-def _error(status: int, message: str, param=None, code=None, headers=None):
-    from starlette.responses import JSONResponse
-
-    body = {"error": {"message": message, "type": "invalid_request_error" if status < 500
-                      else "server_error", "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def parse_completion(body, model: str) -> dict:
@@ -49,11 +45,11 @@ def parse_completion(body, model: str) -> dict:
     if "model" in body and body["model"] != model:
         raise RequestError("model", f"model {str(body['model'])[:80]!r} does not exist; this "
                            f"server serves {model!r}", status=404, code="model_not_found")
-    if body.get("n", 1) != 1:
-        raise RequestError("n", f"n must be 1 (one completion per request), got "
-                           f"{str(body['n'])[:80]!r}")
+    n = body.get("n", 1)
+    if n is not None and (isinstance(n, bool) or n != 1):
+        raise RequestError("n", f"n must be 1 (one completion per request), got {shown(n)}")
     if not isinstance(req["stream"], bool):
-        raise RequestError("stream", f"stream must be true or false, got {req['stream']!r}")
+        raise RequestError("stream", f"stream must be true or false, got {req['stream']!r:.80}")
     return req
 
 
@@ -64,40 +60,53 @@ def _chunk(cid: str, created: int, model: str, text: str, finish) -> dict:
 
 async def completions(request):
     """POST /v1/completions: check, queue, and answer as events or as one JSON."""
-    from starlette.responses import JSONResponse, StreamingResponse
+    from starlette.requests import ClientDisconnect
+    from starlette.responses import JSONResponse, Response
 
-    engine, model = request.app.state.engine, request.app.state.model
+    state = request.app.state
+    engine, model = state.engine, state.model
     try:
-        body = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError) as err:
-        return _error(400, f"the body is not valid JSON: {err}")
-    try:
-        req = parse_completion(body, model)
+        req = parse_completion(await read_json(request, state.limits), model)
         job = engine.submit(req["prompt"], req["max_tokens"], req["temperature"],
                             req["top_k"], req["seed"])
+    except ClientDisconnect:                  # left mid-upload: nobody to answer
+        return Response(status_code=400)
     except RequestError as err:
-        return _error(err.status, str(err), err.field, err.code)
+        return json_error(err.status, str(err), err.field, err.code)
     except QueueFull as err:
-        return _error(429, f"{err}; retry shortly", code="rate_limit_exceeded",
-                      headers={"Retry-After": "1"})
+        return json_error(429, f"{err}; retry shortly", code="rate_limit_exceeded",
+                          headers={"Retry-After": "1"})
     except ShuttingDown as err:
-        return _error(503, str(err))
+        return json_error(503, str(err))
     cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-    if not req["stream"]:
-        text = "".join([chunk async for chunk in job.chunks()])
-        usage = {"prompt_tokens": job.prime_chars, "completion_tokens": len(text),
-                 "total_tokens": job.prime_chars + len(text)}
-        return JSONResponse({**_chunk(cid, created, model, text, job.finish_reason),
-                             "usage": usage})
+    if req["stream"]:
+        return EventStream(_events(job, engine, cid, created, model), state.limits.write_timeout)
+    text = await until_disconnected(request.receive, _collect(job))
+    if text is None:                          # the client left: its generation was cancelled
+        return Response(status_code=400)
+    if job.finish_reason == "error":
+        return json_error(500, f"the engine failed ({engine.failure})", code="engine_error")
+    usage = {"prompt_tokens": job.prime_chars, "completion_tokens": len(text),
+             "total_tokens": job.prime_chars + len(text)}
+    return JSONResponse({**_chunk(cid, created, model, text, job.finish_reason), "usage": usage})
 
-    async def events():
-        async for text in job.chunks():
-            yield f"data: {json.dumps(_chunk(cid, created, model, text, None))}\n\n"
+
+async def _collect(job) -> str:
+    return "".join([chunk async for chunk in job.chunks()])
+
+
+async def _events(job, engine, cid: str, created: int, model: str):
+    """The stream's frames: its text as it comes, a last chunk with the finish
+    reason (or an error event naming the engine's failure), then `[DONE]`."""
+    async for text in job.chunks():
+        yield f"data: {json.dumps(_chunk(cid, created, model, text, None))}\n\n"
+    if job.finish_reason == "error":
+        error = {"message": f"the engine failed ({engine.failure})", "type": "server_error",
+                 "param": None, "code": "engine_error"}
+        yield f"data: {json.dumps({'error': error})}\n\n"
+    else:
         yield f"data: {json.dumps(_chunk(cid, created, model, '', job.finish_reason))}\n\n"
-        yield "data: [DONE]\n\n"
-
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    yield "data: [DONE]\n\n"
 
 
 async def models(request):
@@ -112,8 +121,10 @@ async def healthz(request):
     from starlette.responses import JSONResponse
 
     engine = request.app.state.engine
-    return JSONResponse({"status": "shutting down" if engine.closing else "ok",
-                         "model": request.app.state.model, **engine.stats()})
+    status = "failed" if engine.failure else "shutting down" if engine.closing else "ok"
+    return JSONResponse({"status": status, "failure": engine.failure,
+                         "model": request.app.state.model, **engine.stats()},
+                        status_code=503 if engine.failure else 200)
 
 
 async def metrics(request):
@@ -126,13 +137,29 @@ async def metrics(request):
 async def page(request):
     from starlette.responses import HTMLResponse
 
-    html = PAGE.read_text(encoding="utf-8").replace("{{MODEL}}", request.app.state.model)
-    return HTMLResponse(html)
+    text = PAGE.read_text(encoding="utf-8")
+    return HTMLResponse(text.replace("{{MODEL}}", html.escape(request.app.state.model)))
 
 
-def create_app(engine: Engine, model: str):
-    """The Starlette application over `engine`, serving the model named `model`."""
+async def _http_error(request, exc):
+    """404, 405 and any other HTTP error as JSON in OpenAI's shape."""
+    return json_error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path[:80]}",
+                      headers=getattr(exc, "headers", None))
+
+
+def create_app(engine: Engine, model: str, limits: HttpLimits | None = None,
+               allowed_hosts=("*",), cors_origins=()):
+    """The Starlette application over `engine`, serving the model named `model`.
+
+    Args:
+        limits: the HTTP layer's bounds (`HttpLimits()` by default).
+        allowed_hosts: the `Host` names answered (`*`: any).
+        cors_origins: origins a browser may call from (none by default: pages on
+            other sites cannot read the answers).
+    """
     from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.middleware import Middleware
     from starlette.routing import Route
 
     @contextlib.asynccontextmanager
@@ -141,11 +168,20 @@ def create_app(engine: Engine, model: str):
         yield
         await engine.close()
 
+    middleware = [Middleware(HostCheck, allowed=allowed_hosts)]
+    if cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        middleware.append(Middleware(CORSMiddleware, allow_origins=list(cors_origins),
+                                     allow_methods=["GET", "POST"],
+                                     allow_headers=["Content-Type", "Authorization"]))
     app = Starlette(routes=[
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/models", models), Route("/healthz", healthz), Route("/metrics", metrics),
-        Route("/", page)], lifespan=lifespan)
+        Route("/", page)], lifespan=lifespan, middleware=middleware,
+        exception_handlers={HTTPException: _http_error})
     app.state.engine, app.state.model, app.state.started = engine, model, int(time.time())
+    app.state.limits = limits or HttpLimits()
     return app
 
 

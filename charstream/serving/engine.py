@@ -25,7 +25,15 @@ anything runs, so a tick's characters for one client travel together. A reader
 that falls `buffer` characters behind (a client that stopped reading) is parked:
 its state is saved and its row freed, so it costs the others nothing; it
 resumes when it reads again, and is cancelled ("stalled") after `stall_timeout`
-seconds parked.
+seconds parked; a finished stream whose reader reads nothing for as long gives
+its slot back too.
+
+**Supervised**: an exception in the tick loop ends every queued, running and
+parked request with `finish_reason` "error" (`Engine.failure` names the error),
+is logged once with its traceback, and the engine takes no more requests; it
+calls back (`when_failed`), which `python -m charstream.serve` uses to exit with status
+1, so that a process manager starts it again (the loop is not restarted in
+place: the batch's state after an unknown failure cannot be trusted).
 
     engine = Engine.load(run_dir, max_streams=256)
     async with engine:                       # starts the tick loop
@@ -37,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import logging
 import os
 import time
 
@@ -51,6 +60,8 @@ from .scheduler import Decision, QueueFull, Scheduler
 from .slots import Slots, carry_out
 
 __all__ = ["Engine", "QueueFull", "Request", "ShuttingDown"]
+
+log = logging.getLogger("charstream.serve")
 
 
 class ShuttingDown(RuntimeError):
@@ -70,13 +81,15 @@ class Engine:
         max_prime: the longest prime, in characters.
         buffer: characters a reader may fall behind before its request parks.
         flush: seconds between the pulses that wake readers.
-        stall_timeout: seconds a parked request waits for its reader.
+        stall_timeout: seconds a parked request waits for its reader (and a
+            finished one for its reader to read the rest).
+        source: where the weights came from, for error messages.
     """
 
     def __init__(self, weights: dict, vocab: Vocabulary, reduce: bool = True, *,
                  max_streams: int = 256, max_queue: int = 1024, max_tokens: int = 100_000,
                  max_prime: int = 4096, buffer: int = 65_536, flush: float = 0.02,
-                 stall_timeout: float = 60.0):
+                 stall_timeout: float = 60.0, source: str = "weights"):
         for name, value in (("max_streams", max_streams), ("max_tokens", max_tokens),
                             ("max_prime", max_prime), ("buffer", buffer)):
             _checks.positive_int(value, name)
@@ -87,7 +100,7 @@ class Engine:
         self.limits = Limits(max_tokens, max_prime)
         self.max_streams, self.buffer, self.flush = max_streams, buffer, flush
         self.scheduler = Scheduler(max_streams, max_queue, buffer, stall_timeout)
-        slots = Slots(NativeBackend(weights, batch=max_streams), max_prime, buffer)
+        slots = Slots(NativeBackend(weights, max_streams, source), max_prime, buffer)
         self._ticker = _TickLoop(self.scheduler, slots, vocab, flush)
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -102,7 +115,7 @@ class Engine:
         run_dir = RunDir(run_dir)
         record = run_dir.read()
         return cls(run_dir.load_weights(record), record.vocab, record.settings.reduce,
-                   **options)
+                   source=str(run_dir.stream_file), **options)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -115,8 +128,17 @@ class Engine:
 
     @property
     def closing(self) -> bool:
-        """Whether `shutdown()` was called: no new requests are taken."""
+        """Whether `shutdown()` was called (or the loop failed): no new requests."""
         return self._ticker.closing
+
+    @property
+    def failure(self) -> str | None:
+        """`"ErrorClass: message"` once the tick loop failed, else None."""
+        return self._ticker.failure
+
+    def when_failed(self, callback) -> None:
+        """Call `callback(failure: str)` once if the tick loop fails."""
+        self._ticker.on_failure = callback
 
     def start(self) -> None:
         """Start the tick loop on the running event loop."""
@@ -168,6 +190,8 @@ class Engine:
             QueueFull: every row busy and `max_queue` requests already waiting.
             ShuttingDown: after `shutdown()`.
         """
+        if self.failure:
+            raise ShuttingDown(f"the engine failed ({self.failure}); the server is restarting")
         if self.closing:
             raise ShuttingDown("the server is shutting down")
         checked = self.check(prime, max_tokens, temperature, top_k, seed)
@@ -216,6 +240,8 @@ class _TickLoop:
         self.codes = np.array([ord(c) for c in vocab.chars], dtype="<u4")
         self.pulse, self._wake = asyncio.Event(), asyncio.Event()
         self.closing = False
+        self.failure: str | None = None
+        self.on_failure = None
         self.ticks = 0
         self.rate = _Rate()
         self.executor = concurrent.futures.ThreadPoolExecutor(1, "charstream-engine")
@@ -251,6 +277,20 @@ class _TickLoop:
         return self.slots.unread(req.slot)
 
     async def run(self) -> None:
+        """The loop, supervised (see the module docstring)."""
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            self.failure = f"{type(err).__name__}: {str(err)[:200]}"
+            self.closing = True
+            log.exception("the engine's tick loop failed; every request ends with an error")
+            self.apply(self.scheduler.shutdown("error"))
+            if self.on_failure is not None:
+                self.on_failure(self.failure)
+
+    async def _run(self) -> None:
         loop, slots, sched = asyncio.get_running_loop(), self.slots, self.scheduler
         while True:
             self._wake.clear()  # what happens from here on wakes the loop (or ends a batch)
@@ -262,12 +302,10 @@ class _TickLoop:
                 # until a request, a cancel, a read or a freed slot wakes it.
                 self.broadcast()
                 if sched.idle(self._unread):
-                    # Parked requests are checked for a stall even when all is quiet.
-                    timeout = sched.stall_timeout / 4 if sched.parked else None
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), timeout)
-                    except asyncio.TimeoutError:
-                        pass
+                    # Parked and finished requests are checked for their readers'
+                    # deadlines even when all is quiet.
+                    timeout = sched.stall_timeout / 4 if sched.waiting_for_readers else None
+                    await self._sleep(timeout)
                 continue
             running = slots.running()
             deadline = time.monotonic() + self.flush
@@ -279,6 +317,16 @@ class _TickLoop:
                                         [slots.owner[s] for s in behind], time.monotonic()))
             if time.monotonic() - self._last_pulse >= self.flush:
                 self.broadcast()
+
+    async def _sleep(self, timeout: float | None) -> None:
+        """Until woken or `timeout` passes. (Not `asyncio.wait_for`: on Python 3.11
+        it swallows a cancellation that lands as the wake-up does, and `close`
+        would then wait for ever.)"""
+        waiter = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({waiter}, timeout=timeout)
+        finally:
+            waiter.cancel()
 
     def apply(self, decision: Decision) -> None:
         """Have the slots carry a scheduler's decision out, then wake who must wake."""

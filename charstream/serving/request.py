@@ -46,7 +46,7 @@ class Checked:
     seed: int | None
 
 
-def _shown(value) -> str:
+def shown(value) -> str:
     """A bad value as a message quotes it: JSON, at most 80 characters."""
     try:
         text = json.dumps(value)
@@ -59,7 +59,7 @@ def _typed(value, name: str, kind) -> None:
     """A JSON value of the right type: `true` is not an integer, `"2"` not a number."""
     if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
         what = "a number" if kind is not int else "an integer"
-        raise RequestError(name, f"{name} must be {what}, got {_shown(value)}")
+        raise RequestError(name, f"{name} must be {what}, got {shown(value)}")
 
 
 def check_request(limits: Limits, vocab: Vocabulary, reduce: bool, prime="",
@@ -73,7 +73,7 @@ def check_request(limits: Limits, vocab: Vocabulary, reduce: bool, prime="",
         return functools.partial(RequestError, name)
 
     if not isinstance(prime, str):
-        raise RequestError("prompt", f"prompt must be a string, got {_shown(prime)}")
+        raise RequestError("prompt", f"prompt must be a string, got {shown(prime)}")
     if len(prime) > limits.max_prime:
         raise RequestError("prompt", f"prompt has {len(prime)} characters; at most "
                            f"{limits.max_prime}")
@@ -112,7 +112,9 @@ class Request:
         self.prime_chars = len(ids)
         self.max_tokens = checked.max_tokens
         self.slot = -1                       # set when placed
-        self.finish_reason: str | None = None  # "length", "cancelled", "stalled", "shutdown"
+        # "length", "cancelled", "stalled", "shutdown", or "error" (the engine failed)
+        self.finish_reason: str | None = None
+        self.finished_at: float | None = None
         self.cancelled = False
         self.parked_since: float | None = None
         self.saved_state: list | None = None

@@ -10,8 +10,10 @@ caller passes `now`), so every rule here can be exercised step by step.
 
 Rules:
 - A cancelled request is finished ("cancelled") wherever it is, and its slot
-  given back; a finished request keeps its slot until its reader has read the
-  rest (or left).
+  given back; a queued one leaves the queue at once, free slots or not. A
+  finished request keeps its slot until its reader has read the rest, has left,
+  or has read nothing for `stall_timeout` seconds (then the slot is taken back
+  and the reader finds the stream ended).
 - A parked request whose reader is back under half a ring behind resumes when a
   row is free; one parked longer than `stall_timeout` is finished ("stalled").
 - Queued requests take free slots in arrival order; the queue holds at most
@@ -82,11 +84,11 @@ class Scheduler:
                             f"{self.waiting} requests wait")
         self.queue.append(req)
 
-    def finish(self, req, reason: str, decision: Decision) -> None:
+    def finish(self, req, reason: str, decision: Decision, now: float | None = None) -> None:
         """End `req` with `reason`; its row (if it has one) goes in `decision.release`."""
         if req.finish_reason is not None:
             return
-        req.finish_reason = reason
+        req.finish_reason, req.finished_at = reason, now
         decision.ended = True
         if req in self.queue:            # never placed
             self.queue.remove(req)
@@ -111,7 +113,7 @@ class Scheduler:
         is a whole ring behind park."""
         decision = Decision()
         for req in done:
-            self.finish(req, "length", decision)
+            self.finish(req, "length", decision, now)
         for req in behind:
             if req.finish_reason is None and req in self.running:
                 self.running.remove(req)
@@ -120,11 +122,12 @@ class Scheduler:
                 decision.park.append(req)
         return decision
 
-    def shutdown(self) -> Decision:
-        """Finish every queued, running and parked request ("shutdown")."""
+    def shutdown(self, reason: str = "shutdown") -> Decision:
+        """Finish every queued, running and parked request (`reason`: "shutdown",
+        or "error" when the engine failed)."""
         decision = Decision()
         for req in list(self.queue) + list(self.parked) + list(self.running):
-            self.finish(req, "shutdown", decision)
+            self.finish(req, reason, decision)
         return decision
 
     # ------------------------------------------------------------------ the decision
@@ -139,11 +142,20 @@ class Scheduler:
         decision = Decision()
         for req in list(self.running) + list(self.finished):
             if req.cancelled:
-                self.finish(req, "cancelled", decision)
+                self.finish(req, "cancelled", decision, now)
                 self._free(req, decision)
+        for req in list(self.finished):   # a reader that never comes back for the rest
+            if req.finished_at is None:
+                req.finished_at = now
+            elif now - req.finished_at > self.stall_timeout:
+                self._free(req, decision)
+        for req in [r for r in self.queue if r.cancelled]:
+            self.queue.remove(req)
+            req.finish_reason = "cancelled"
+            decision.ended = True
         for req in list(self.parked):
             if req.cancelled or now - req.parked_since > self.stall_timeout:
-                self.finish(req, "cancelled" if req.cancelled else "stalled", decision)
+                self.finish(req, "cancelled" if req.cancelled else "stalled", decision, now)
                 self._free(req, decision)
             elif unread(req) < self.buffer // 2 and len(self.running) < self.slots:
                 self.parked.remove(req)
@@ -152,10 +164,6 @@ class Scheduler:
                 decision.resume.append(req)
         while self.queue and self.free_slots:
             req = self.queue.popleft()
-            if req.cancelled:
-                req.finish_reason = "cancelled"
-                decision.ended = True
-                continue
             self.running.append(req)
             decision.place.append(req)
         return decision
@@ -164,6 +172,11 @@ class Scheduler:
         if req in self.finished:
             self.finished.remove(req)
             decision.free.append(req)
+
+    @property
+    def waiting_for_readers(self) -> bool:
+        """Parked or finished requests whose deadlines the loop must watch."""
+        return bool(self.parked or self.finished)
 
     def idle(self, unread: Callable[[object], int]) -> bool:
         """Nothing to step and nothing `schedule` could start now."""
