@@ -226,7 +226,8 @@ class _RunReading(_RunFiles):
         record = record or self.read()
         weights = load_stream_weights(self.stream_file)
         self.check_depth(self.stream_file.name, weights["meta"].get("depth"), record.vocab)
-        self.check_depth(self.stream_file.name, int(weights["dense"][1].shape[0]), record.vocab)
+        bias = weights["dense"][1]   # its real width: the meta may disagree with the arrays
+        self.check_depth(self.stream_file.name, bias.shape[-1] if bias.ndim else None, record.vocab)
         return weights
 
     def load_keras_model(self, record: RunRecord):

@@ -88,7 +88,9 @@ def load_stream_weights(path: str | os.PathLike) -> dict:
             arrays = {name: npz[name] for name in names}
         except unreadable as err:
             raise ValueError(f"{path}: not a readable .npz file ({err})") from None
-    _check_shapes(path, meta, arrays)
+    for name, array in arrays.items():   # the shapes are the C net's to check
+        if array.dtype != np.float32:
+            raise ValueError(f"{path}: {name} must be float32, got {array.dtype}")
     lstms = [tuple(arrays[f"lstm_{k}_{p}"] for p in ("kernel", "recurrent_kernel", "bias"))
              for k in range(1, meta["layers"] + 1)]
     return {"meta": meta, "lstms": lstms, "dense": (arrays["dense_kernel"], arrays["dense_bias"])}
@@ -119,38 +121,3 @@ def _read_meta(path: Path, npz) -> dict:
         raise ValueError(f"{path}: meta \"layers\" must be an integer in [1, {MAX_LAYERS}], "
                          f"got {str(layers)[:40]}")
     return meta
-
-
-def _check_shapes(path: Path, meta: dict, arrays: dict) -> None:
-    """Every array float32, of the shape its neighbours imply (the depth is the
-    softmax bias's length, each layer's width its recurrent kernel's), and the
-    meta's `units` those widths. The meta's `depth` is held to the run's
-    vocabulary by the run (`charstream.run.RunDir.load_weights`)."""
-    for name, array in arrays.items():
-        if array.dtype != np.float32:
-            raise ValueError(f"{path}: {name} must be float32, got {array.dtype}")
-    bias = arrays["dense_bias"]
-    if bias.ndim != 1 or not 1 <= bias.shape[0] <= 256:
-        raise ValueError(f"{path}: dense_bias must have shape (depth,) with 1 <= depth <= 256, "
-                         f"got {bias.shape}")
-    depth = inputs = bias.shape[0]
-    widths = []
-    for k in range(1, meta["layers"] + 1):
-        recurrent = arrays[f"lstm_{k}_recurrent_kernel"]
-        units = recurrent.shape[0] if recurrent.ndim == 2 else -1
-        _expect(path, arrays, {f"lstm_{k}_kernel": (inputs, 4 * units),
-                               f"lstm_{k}_recurrent_kernel": (units, 4 * units),
-                               f"lstm_{k}_bias": (4 * units,)})
-        widths.append(int(units))
-        inputs = units
-    _expect(path, arrays, {"dense_kernel": (inputs, depth)})
-    if meta.get("units") != widths:
-        raise ValueError(f"{path}: meta \"units\" is {str(meta.get('units'))[:80]} but the "
-                         f"arrays have {widths}")
-
-
-def _expect(path: Path, arrays: dict, shapes: dict) -> None:
-    for name, shape in shapes.items():
-        if arrays[name].shape != shape:
-            raise ValueError(f"{path}: {name} has shape {arrays[name].shape}, expected {shape} "
-                             "(from the meta and the other arrays)")

@@ -322,7 +322,7 @@ def test_corrupt_or_mismatched_stream_weights(trained_run, tmp_path):
     _save(path, **{**good, "lstm_1_bias": good["lstm_1_bias"].astype(np.float64)})
     expect("lstm_1_bias must be float32")
     _save(path, **{**good, "lstm_1_recurrent_kernel": good["lstm_1_recurrent_kernel"][:, :-4]})
-    expect(r"lstm_1_recurrent_kernel has shape \(24, 92\), expected \(24, 96\)")
+    expect("layer 0 recurrent kernel must have shape")
     _save(path, **{**good, "meta": np.frombuffer(json.dumps({**meta, "depth": 40}).encode(), np.uint8)})
     expect("stream.npz reads and predicts 40 symbols but vocab.json has 36")
     # The recorded cell must be the one the C step computes.

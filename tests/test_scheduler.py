@@ -22,6 +22,16 @@ def nothing_unread(req):
     return 0
 
 
+def placed(slots, *names):
+    """A scheduler of `slots` slots whose requests `names` were submitted and placed."""
+    sched = Scheduler(slots=slots, max_queue=4, buffer=8, stall_timeout=10)
+    reqs = [Req(name) for name in names]
+    for req in reqs:
+        sched.submit(req)
+    sched.schedule(0.0, nothing_unread)
+    return sched, reqs
+
+
 def test_queued_requests_take_free_slots_in_order_and_the_queue_is_bounded():
     sched = Scheduler(slots=2, max_queue=1, buffer=8, stall_timeout=10)
     a, b, c = Req("a"), Req("b"), Req("c")
@@ -35,11 +45,7 @@ def test_queued_requests_take_free_slots_in_order_and_the_queue_is_bounded():
 
 
 def test_a_finished_request_keeps_its_slot_until_it_is_read():
-    sched = Scheduler(slots=1, max_queue=4, buffer=8, stall_timeout=10)
-    a, b = Req("a"), Req("b")
-    sched.submit(a)
-    sched.submit(b)
-    sched.schedule(0.0, nothing_unread)
+    sched, (a, b) = placed(1, "a", "b")
     decision = sched.after_tick(done=[a], behind=[], now=1.0)
     assert a.finish_reason == "length" and decision.release == [a] and decision.ended
     assert sched.schedule(1.0, nothing_unread).place == []   # a's slot is still a's
@@ -48,11 +54,7 @@ def test_a_finished_request_keeps_its_slot_until_it_is_read():
 
 
 def test_a_reader_behind_parks_resumes_when_it_catches_up_and_stalls_if_it_does_not():
-    sched = Scheduler(slots=2, max_queue=4, buffer=8, stall_timeout=10)
-    a, b = Req("a"), Req("b")
-    sched.submit(a)
-    sched.submit(b)
-    sched.schedule(0.0, nothing_unread)
+    sched, (a, b) = placed(2, "a", "b")
     decision = sched.after_tick(done=[], behind=[a, b], now=1.0)
     assert decision.park == [a, b] and a.parked_since == 1.0 and sched.parked == [a, b]
     unread = {a: 3, b: 8}.get                # a is under half a ring behind, b is not
@@ -63,11 +65,8 @@ def test_a_reader_behind_parks_resumes_when_it_catches_up_and_stalls_if_it_does_
 
 
 def test_cancellation_wherever_the_request_is():
-    sched = Scheduler(slots=3, max_queue=4, buffer=8, stall_timeout=10)
-    run, park, wait = Req("running"), Req("parked"), Req("queued")
-    for req in (run, park):
-        sched.submit(req)
-    sched.schedule(0.0, nothing_unread)
+    sched, (run, park) = placed(3, "running", "parked")
+    wait = Req("queued")
     sched.after_tick(done=[], behind=[park], now=0.0)
     sched.submit(wait)
     sched.schedule(0.0, {park: 8}.get)       # park stays parked; wait takes the last slot
