@@ -17,10 +17,15 @@ import pytest
 from _shared import record_rate
 
 BATCH, SEQ, STEPS = 32, 16, 256
-# Unrolled, XLA-compiled and PyTorch graphs sum in other orders: after 256 steps
-# their mean losses differ from the plain loop's by about 1e-5 (measured); a
-# contender that trained something else would be off by far more.
+# Unrolled and XLA-compiled graphs sum in other orders: after 256 steps their
+# mean losses differ from the plain loop's by about 1e-5 (measured); a contender
+# that trained something else would be off by far more.
 TOLERANCE = 2e-4
+# torch.optim.Adam places epsilon after the bias correction (Keras: 1e-7 before
+# it, so Keras's is 1e-7 / sqrt(1 - 0.999**t) in torch's terms, 3e-6 at step 1):
+# its 256-step mean loss is 8.0e-4 above Keras's (measured: 2.69180 against
+# 2.69100), which this bound allows with a margin of 2.5.
+TORCH_TOLERANCE = 2e-3
 
 
 @pytest.fixture(scope="module")
@@ -95,11 +100,14 @@ class _AsBool(keras.utils.PyDataset):
 
 
 class TorchRun:
-    """The same model, data and initial weights in PyTorch: `nn.LSTM` (gates in
-    the same i, f, g, o order as Keras) and `nn.Linear`, each gradient value
-    clipped to [-1, 1], the state carried (detached) from batch to batch, and
-    Keras's Adam update written out (torch's puts epsilon inside the bias
-    correction, which trains measurably differently over 256 steps)."""
+    """The same model, data and initial weights in PyTorch, written as its users
+    write it: `nn.LSTM` (gates in the same i, f, g, o order as Keras) and
+    `nn.Linear`, `torch.optim.Adam(params, lr)`, `clip_grad_value_(params, 1.0)`,
+    the state carried (detached) from batch to batch, `loss.item()` each step.
+
+    torch's Adam adds epsilon to the bias-corrected root (Keras: to the raw
+    root, 1e-7); with torch's defaults the 256-step mean loss stays within
+    `TORCH_TOLERANCE` of Keras's (recorded as "mean loss")."""
 
     def __init__(self, weights, batches):
         import torch
@@ -126,25 +134,17 @@ class TorchRun:
         with torch.no_grad():
             for p, value in zip(self.params, self.fresh):
                 p.copy_(value)
-        m = [torch.zeros_like(p) for p in self.params]
-        v = [torch.zeros_like(p) for p in self.params]
+        optimizer = torch.optim.Adam(self.params, lr=2e-3)   # a fresh optimizer per round
         state, losses = None, []
-        for t, (X, Y) in enumerate(self.data[:steps], start=1):
+        for X, Y in self.data[:steps]:
             out, state = self.lstm(torch.from_numpy(X), state)
             state = tuple(s.detach() for s in state)
-            logits = self.dense(out)
             loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, 36), torch.from_numpy(Y).reshape(-1).long())
-            for p in self.params:
-                p.grad = None
+                self.dense(out).reshape(-1, 36), torch.from_numpy(Y).reshape(-1).long())
+            optimizer.zero_grad()
             loss.backward()
-            alpha = 2e-3 * (1 - 0.999 ** t) ** 0.5 / (1 - 0.9 ** t)
-            with torch.no_grad():  # keras.optimizers.Adam, clipvalue=1.0
-                for p, m_, v_ in zip(self.params, m, v):
-                    g = p.grad.clamp(-1.0, 1.0)
-                    m_.mul_(0.9).add_(g, alpha=0.1)
-                    v_.mul_(0.999).addcmul_(g, g, value=0.001)
-                    p.sub_(alpha * m_ / (v_.sqrt() + 1e-7))
+            torch.nn.utils.clip_grad_value_(self.params, 1.0)
+            optimizer.step()
             losses.append(loss.item())
         return float(np.mean(losses))
 
@@ -168,4 +168,5 @@ def test_training_throughput(benchmark, train_contender, initial_weights, stream
     loss = benchmark.pedantic(run.train, rounds=3)
     record_rate(benchmark, STEPS * BATCH * SEQ, "targets/s")
     benchmark.extra_info["mean loss"] = round(loss, 6)
-    assert loss == pytest.approx(reference_loss, abs=TOLERANCE)
+    bound = TORCH_TOLERANCE if settings is None else TOLERANCE
+    assert loss == pytest.approx(reference_loss, abs=bound)
