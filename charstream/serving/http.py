@@ -130,31 +130,42 @@ class EventStream:
 
     def __init__(self, frames, write_timeout: float):
         self.frames, self.write_timeout = frames, write_timeout
+        self._sending_since: float | None = None   # when the write in progress began
 
     async def __call__(self, scope, receive, send) -> None:
-        writer = asyncio.ensure_future(self._write(send))
-        watcher = asyncio.ensure_future(_disconnected(receive))
+        tasks = [asyncio.ensure_future(self._write(send)),
+                 asyncio.ensure_future(_disconnected(receive)),
+                 asyncio.ensure_future(self._watch())]
         try:
-            await asyncio.wait({writer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (writer, watcher):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(writer, watcher, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             await self.frames.aclose()
 
     async def _write(self, send) -> None:
+        loop = asyncio.get_running_loop()
         await send({"type": "http.response.start", "status": 200, "headers": self.HEADERS})
         async for frame in self.frames:
-            message = {"type": "http.response.body", "body": frame.encode(), "more_body": True}
-            try:
-                await asyncio.wait_for(send(message), self.write_timeout)
-            except asyncio.TimeoutError:
-                # Returning with the body unfinished makes uvicorn close the
-                # connection (and say so: `_Quiet` turns that line into ours).
+            self._sending_since = loop.time()
+            await send({"type": "http.response.body", "body": frame.encode(), "more_body": True})
+            self._sending_since = None
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _watch(self) -> None:
+        """Return (ending the response) once a write has waited `write_timeout`:
+        one timer per stream, not one per write. Returning with the body
+        unfinished makes uvicorn close the connection (and say so: `_Quiet`
+        turns that line into ours)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.write_timeout / 4)
+            since = self._sending_since
+            if since is not None and loop.time() - since >= self.write_timeout:
                 log.warning("closed a stream whose client read nothing for %g s",
                             self.write_timeout)
                 return
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 class _Quiet(logging.Filter):
