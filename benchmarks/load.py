@@ -39,10 +39,11 @@ def make_run(folder: Path) -> Path:
     import keras
 
     from charstream.config import TrainConfig
-    from charstream.model import build_training_model, stream_weights
-    from charstream.weights import export_stream_weights
-    from charstream.data.corpus import Corpus, RunDir
+    from charstream.data.corpus import Corpus
     from charstream.data.text import Vocabulary
+    from charstream.model import build_training_model, stream_weights
+    from charstream.run import RunDir
+    from charstream.weights import export_stream_weights
 
     run = RunDir(folder / "random")
     run.create(TrainConfig(), Corpus(folder / "none.txt", "", b"", Vocabulary.default()))
@@ -78,7 +79,7 @@ class Client:
                            "temperature": 1.0, "stream": True}).encode()
         reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
         sent = time.monotonic()
-        writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
         head = await reader.readuntil(b"\r\n\r\n")
         assert b" 200 " in head.split(b"\r\n")[0], head
