@@ -110,7 +110,6 @@ class Request:
         self._handle = handle
         self.checked, self.ids, self.draws = checked, ids, draws
         self.prime_chars = len(ids)
-        self.max_tokens = checked.max_tokens
         self.slot = -1                       # set when placed
         # "length", "cancelled", "stalled", "shutdown", or "error" (the engine failed)
         self.finish_reason: str | None = None
@@ -118,6 +117,10 @@ class Request:
         self.cancelled = False
         self.parked_since: float | None = None
         self.saved_state: list | None = None
+
+    @property
+    def max_tokens(self) -> int:
+        return self.checked.max_tokens
 
     @property
     def done(self) -> bool:
