@@ -11,6 +11,10 @@ import numpy as np
 # The tutorial's 36 characters, in code-point order (charstream.text.ALPHABET).
 ALPHABET = "\n !',-.:;?abcdefghijklmnopqrstuvwxyz"
 
+# The smallest double that rounds to inf as a float32: the largest float32,
+# (2 - 2**-23) * 2**127, plus half its last place (ties round to even, up here).
+FLOAT32_OVERFLOW = 2.0 ** 128 - 2.0 ** 103
+
 
 def reduce_text(text: str) -> str:
     """The definition of reduction, verbatim."""
@@ -149,14 +153,17 @@ def lstm_step(lstms, dense, ids, state):
 
 
 def sample_id(probs, temperature: float, top_k, u: float) -> int:
-    """The sampling contract, one id: temperature 0 is the first argmax; otherwise
-    probabilities ** (1 / temperature), only the top_k largest kept (ties to the
-    lower id; None or <= 0 keeps all), and the first id whose cumulative sum
-    exceeds `u` times the total (the last id if rounding leaves none)."""
+    """The sampling contract, one id: temperature 0 is the first argmax, and so
+    is a temperature whose inverse is no float32 (the samplers scale logits by
+    it in float32); otherwise (probability / the largest) ** (1 /
+    temperature), only the top_k largest kept (ties to the lower id; None or <= 0
+    keeps all), and the first id whose cumulative sum exceeds `u` times the
+    total (the last id if rounding leaves none)."""
     probs = [float(p) for p in probs]
-    if temperature == 0:
+    if temperature == 0 or 1.0 / temperature >= FLOAT32_OVERFLOW:
         return max(range(len(probs)), key=lambda k: (probs[k], -k))
-    weights = [p ** (1.0 / temperature) for p in probs]
+    top = max(probs)
+    weights = [(p / top) ** (1.0 / temperature) for p in probs]
     if top_k is not None and 0 < top_k < len(weights):
         ranked = sorted(range(len(weights)), key=lambda k: (-weights[k], k))
         kept = set(ranked[:top_k])

@@ -33,7 +33,7 @@ cdef extern from "lstm_step.h" nogil:
     int CS_CHUNK
     void cs_step(const cs_net* net, const int32_t* ids, float* logits,
                  const cs_sampling* sampling)
-    void cs_softmax(const float* logits, int depth, double temperature, double* p)
+    void cs_softmax(const float* logits, int depth, float inv, double* p)
     int32_t cs_sample(const float* logits, int depth, double temperature, int top_k,
                       double u, double* p)
 

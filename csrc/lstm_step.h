@@ -189,13 +189,12 @@ CS_INLINE void cs_cell(const float *restrict z, float *restrict h, float *restri
     }
 }
 
-/* softmax(logits / temperature) into p[0:depth] (double); temperature > 0. The
- * exponentials are cs_expf (float, vectorised): libm's double exp was half of a
- * batched step. */
-CS_INLINE void cs_softmax(const float *logits, int depth, double temperature, double *p) {
+/* softmax(logits * inv) into p[0:depth] (double), inv = 1 / temperature as a
+ * finite float. The exponentials are cs_expf (float, vectorised): libm's double
+ * exp was half of a batched step. */
+CS_INLINE void cs_softmax(const float *logits, int depth, float inv, double *p) {
     float m = logits[0];
     for (int i = 1; i < depth; i++) m = logits[i] > m ? logits[i] : m;
-    const float inv = (float)(1.0 / temperature);
     double total = 0.0;
     for (int i = 0; i < depth; i++) {
         p[i] = cs_expf((logits[i] - m) * inv);
@@ -205,18 +204,20 @@ CS_INLINE void cs_softmax(const float *logits, int depth, double temperature, do
 }
 
 /* Sample one id under charstream's contract (see charstream/sampling.py):
- * temperature 0 is argmax (first maximum); otherwise softmax(logits / T), keep
- * the top_k most likely (ties to the lower id; top_k <= 0 keeps all), and return
+ * temperature 0 is argmax (first maximum), and so is a temperature whose
+ * inverse is no float32 (below about 2.9e-39, where inf * 0 would be NaN);
+ * otherwise softmax(logits / T), keep the top_k most likely (ties to the lower id; top_k <= 0 keeps all), and return
  * the first id whose cumulative probability exceeds u * total. p: depth doubles
  * of scratch. */
 CS_INLINE int32_t cs_sample(const float *logits, int depth, double temperature,
                                 int top_k, double u, double *p) {
-    if (temperature == 0.0) {
+    const float inv = (float)(1.0 / temperature);
+    if (temperature == 0.0 || isinf(inv)) {
         int best = 0;
         for (int i = 1; i < depth; i++) if (logits[i] > logits[best]) best = i;
         return best;
     }
-    cs_softmax(logits, depth, temperature, p);
+    cs_softmax(logits, depth, inv, p);
     if (top_k > 0 && top_k < depth) {
         /* The k-th largest value and how many of it to keep (lowest ids first). */
         int above = 0, kept_ties;

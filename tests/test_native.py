@@ -88,7 +88,8 @@ def test_same_seed_same_text_on_both_backends(keras_gen, native_gen, kwargs):
 
 @settings(max_examples=200, deadline=None)
 @given(st.integers(1, 60), st.integers(0, 2**32 - 1),
-       st.sampled_from([0.0, 0.5, 1.0, 2.0]), st.integers(0, 70))
+       st.sampled_from([0.0, 0.5, 1.0, 2.0, 1e-40, 2.9e-39, 3e-39, 1e-30, 1e-3]),
+       st.integers(0, 70))
 def test_c_and_numpy_samplers_equal_the_reference(depth, seed, temperature, top_k):
     rng = np.random.default_rng(seed)
     logits = rng.normal(0, 3, depth).astype(np.float32)
@@ -100,6 +101,18 @@ def test_c_and_numpy_samplers_equal_the_reference(depth, seed, temperature, top_
     expected = ref.sample_id(p, temperature, top_k or None, u)
     assert sample_from_logits(logits, temperature, top_k, u) == expected
     assert sample_id(p, temperature, top_k or None, u) == expected
+
+
+@pytest.mark.parametrize("temperature", [1e-40, 5e-324, 1 / ref.FLOAT32_OVERFLOW])
+def test_a_temperature_below_float32_is_argmax_not_the_last_symbol(temperature):
+    # 1 / T overflows float32 here: inf * 0 used to make NaNs, and the sampler's
+    # fallback returned the last id whatever the logits.
+    logits = np.array([0.5, 3.0, -1.0, 2.0], np.float32)
+    p = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    for u in (0.0, 0.5, 0.999):
+        assert sample_from_logits(logits, temperature, 0, u) == 1
+        assert sample_id(p, temperature, None, u) == 1
+        assert ref.sample_id(p, temperature, None, u) == 1
 
 
 @pytest.mark.parametrize("depth, units, batch", [(36, [128], 1), (7, [5, 9], 3), (60, [33, 8, 17], 9)])
@@ -314,7 +327,7 @@ def test_corrupt_or_mismatched_stream_weights(trained_run, tmp_path):
     path.write_bytes(b"not a zip at all")
     expect("not a readable .npz file")
     _save(path, **{k: v for k, v in good.items() if k != "dense_bias"})
-    expect(r"missing arrays \['dense_bias'\]")
+    expect("missing array 'dense_bias'")
     _save(path, **{**good, "meta": np.frombuffer(json.dumps({**meta, "version": 7}).encode(), np.uint8)})
     expect("unsupported stream weights version 7")
     _save(path, **{**good, "meta": np.frombuffer(b"{not json", np.uint8)})
@@ -322,8 +335,18 @@ def test_corrupt_or_mismatched_stream_weights(trained_run, tmp_path):
     _save(path, **{**good, "lstm_1_bias": good["lstm_1_bias"].astype(np.float64)})
     expect("lstm_1_bias must be float32")
     _save(path, **{**good, "lstm_1_recurrent_kernel": good["lstm_1_recurrent_kernel"][:, :-4]})
-    expect("layer 0 recurrent kernel must have shape")
+    u = good["lstm_1_recurrent_kernel"].shape[0]
+    expect(rf"lstm_1_recurrent_kernel has shape \({u}, {4 * u - 4}\), but the meta's depth and "
+           rf"units make it \({u}, {4 * u}\)")
+    # The arrays' real shapes are held to the meta (the server once trusted it).
     _save(path, **{**good, "meta": np.frombuffer(json.dumps({**meta, "depth": 40}).encode(), np.uint8)})
+    expect(rf"lstm_1_kernel has shape \(36, {4 * u}\), but the meta's depth and units make it "
+           rf"\(40, {4 * u}\)")
+    top = good["dense_kernel"].shape[0]
+    wide = {**good, "meta": np.frombuffer(json.dumps({**meta, "depth": 40}).encode(), np.uint8),
+            "lstm_1_kernel": np.zeros((40, 4 * u), np.float32),
+            "dense_kernel": np.zeros((top, 40), np.float32), "dense_bias": np.zeros(40, np.float32)}
+    _save(path, **wide)
     expect("stream.npz reads and predicts 40 symbols but vocab.json has 36")
     # The recorded cell must be the one the C step computes.
     for key, value in (("gates", "fico"), ("activation", "relu"),
@@ -336,7 +359,76 @@ def test_corrupt_or_mismatched_stream_weights(trained_run, tmp_path):
         StreamGenerator.load(run, backend="native")
     # The pickle door stays shut: an object array is refused, not unpickled.
     np.savez(path, **{**good, "dense_bias": np.array([{"x": 1}], dtype=object)})
-    expect("not a readable .npz file")
+    expect("dense_bias must be float32, got object")
+
+
+def _meta(good, **changes):
+    meta = json.loads(bytes(good["meta"]))
+    return np.frombuffer(json.dumps({**meta, **changes}).encode(), np.uint8)
+
+
+def test_hostile_stream_weights_sizes_are_refused_before_anything_is_allocated(trained_run, tmp_path):
+    import zipfile
+
+    good = dict(np.load(trained_run / "stream.npz"))
+    path = tmp_path / "stream.npz"
+
+    def refused(match):
+        with pytest.raises(ValueError, match=match) as info:
+            load_stream_weights(path)
+        assert str(path) in str(info.value) and len(str(info.value)) < 300
+
+    _save(path, **{**good, "meta": _meta(good, layers=3_000_000)})
+    refused(r"meta \"layers\" must be an integer in \[1, 64\], got 3000000")
+    _save(path, **{**good, "meta": _meta(good, layers=3_000_000, units=[128] * 3_000_000)})
+    refused(r"its \"meta\" entry is 15,\d{3},\d{3} bytes, more than the 65,536")
+    _save(path, **{**good, "meta": _meta(good, units=[10 ** 6])})
+    refused(r"meta \"units\" must be an integer in \[1, 8192\], got 1000000")
+    _save(path, **{**good, "meta": _meta(good, layers=64, units=[8192] * 64)})
+    refused(r"declares 34,\d{3},\d{3},\d{3} weights, more than the 268,435,456")
+    _save(path, **{**good, "meta": _meta(good, depth=10 ** 9)})
+    refused(r"meta \"depth\" must be an integer in \[1, 256\]")
+    # A header declaring 10^12 elements is a shape error, not a MemoryError.
+    with zipfile.ZipFile(path, "w") as zf:   # rebuilt: a valid archive, a lying header
+        for name, array in good.items():
+            with zf.open(name + ".npy", "w") as fh:
+                if name == "dense_bias":
+                    np.lib.format.write_array_header_1_0(
+                        fh, {"descr": "<f4", "fortran_order": False, "shape": (10 ** 12,)})
+                    fh.write(array.tobytes())
+                else:
+                    np.lib.format.write_array(fh, array)
+    refused(r"dense_bias has shape \(1000000000000,\), but the meta's depth and units make it \(36,\)")
+
+
+def test_entries_the_meta_does_not_name_are_never_read(trained_run, tmp_path):
+    import zipfile
+
+    good = dict(np.load(trained_run / "stream.npz"))
+    path = tmp_path / "stream.npz"
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, array in good.items():
+            with zf.open(name + ".npy", "w") as fh:
+                np.lib.format.write_array(fh, array)
+        zf.writestr("junk.npy", b"J" * 4096)
+    raw = bytearray(path.read_bytes())
+    at = raw.index(b"J" * 4096)
+    raw[at:at + 4096] = b"K" * 4096   # a failing CRC the moment anything reads it
+    path.write_bytes(bytes(raw))
+    with zipfile.ZipFile(path) as zf, pytest.raises(zipfile.BadZipFile):
+        zf.read("junk.npy")
+    weights = load_stream_weights(path)
+    np.testing.assert_array_equal(weights["dense"][1], good["dense_bias"])
+
+
+def test_running_out_of_memory_while_loading_is_one_line(trained_run, monkeypatch):
+    import zipfile
+
+    def no_memory(self, n=-1):
+        raise MemoryError
+    monkeypatch.setattr(zipfile.ZipExtFile, "read", no_memory)
+    with pytest.raises(ValueError, match=r"stream.npz: not enough memory for its [\d,]+ weights"):
+        load_stream_weights(trained_run / "stream.npz")
 
 
 def test_exported_weights_are_the_inference_copys(trained_run):

@@ -6,7 +6,8 @@ in order, one per sampled character. The character is the first id whose
 cumulative probability exceeds `u * total`, the probabilities taken in
 vocabulary order after temperature (`softmax(log p / T)`) and top-k (the k
 largest, ties to the lower id). Temperature 0 is argmax; its draw is made and
-ignored. The C sampler (`csrc/lstm_step.h`, `cs_sample`) implements the same
+ignored. So is a temperature too small for its inverse to be a float32 (below
+about 2.9e-39): the C sampler scales logits by `1 / T` in float32. The C sampler (`csrc/lstm_step.h`, `cs_sample`) implements the same
 rule; `charstream._reference.sample_id` is the plain twin both are held to.
 
 The Keras and native backends compute the probabilities in different float32
@@ -51,9 +52,15 @@ def start_ids(ids: np.ndarray, size: int, newline: int, draws) -> np.ndarray:
     return np.array([min(int(next(draws) * size), size - 1)], dtype=np.uint8)
 
 
+def _argmax_temperature(temperature: float) -> bool:
+    """0, or so small that `1 / temperature` overflows float32."""
+    with np.errstate(over="ignore", divide="ignore"):
+        return temperature == 0 or bool(np.isinf(np.float32(1.0 / temperature)))
+
+
 def sample_id(probs: np.ndarray, temperature: float, top_k: int | None, u: float) -> int:
     """Pick one id from `probs` with the uniform `u`, under the module's contract."""
-    if temperature == 0:
+    if _argmax_temperature(temperature):
         return int(np.argmax(probs))
     p = np.asarray(probs, dtype=np.float64)
     if temperature != 1:
