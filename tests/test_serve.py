@@ -1,90 +1,18 @@
 """python -m charstream.serve: uvicorn on a free 127.0.0.1 port, bounded in time,
 always shut down. Both response forms, an OpenAI client, every bad input, a
 client that leaves mid-stream, 429 when full, SIGTERM, and a real browser."""
-import contextlib
-import http.client
 import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
-import time
 
 import pytest
 
 from charstream import StreamGenerator
+from servers import Server, metric, serving, sse_events, wait_for
 
 pytest.importorskip("uvicorn")
 pytest.importorskip("starlette")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`python -m charstream.serve RUN` in a process of its own, on 127.0.0.1."""
-
-    def __init__(self, run, *options):
-        self.port = _free_port()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "charstream.serve", str(run), "--host", "127.0.0.1",
-             "--port", str(self.port), *options],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while True:
-            assert self.proc.poll() is None, self.proc.communicate()
-            assert time.monotonic() < deadline, "the server did not start in 60 s"
-            try:
-                if self.get("/healthz")[0] == 200:
-                    return
-            except OSError:
-                time.sleep(0.1)
-
-    def connection(self, timeout=30):
-        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-
-    def get(self, path):
-        conn = self.connection()
-        try:
-            conn.request("GET", path)
-            res = conn.getresponse()
-            return res.status, res.read().decode()
-        finally:
-            conn.close()
-
-    def post(self, body, raw=False):
-        conn = self.connection()
-        try:
-            data = body if raw else json.dumps(body)
-            conn.request("POST", "/v1/completions", data, {"Content-Type": "application/json"})
-            res = conn.getresponse()
-            return res.status, dict(res.getheaders()), res.read().decode()
-        finally:
-            conn.close()
-
-    def stop(self, sig=signal.SIGTERM, timeout=30):
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        return self.proc.returncode
-
-
-@contextlib.contextmanager
-def serving(run, *options):
-    server = Server(run, *options)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -100,19 +28,12 @@ def alone(trained_run):
     return lambda n, **kw: gen.generate(n, **kw)
 
 
-def _events(body: str) -> list:
-    assert body.endswith("data: [DONE]\n\n")
-    events = [e for e in body.split("\n\n") if e]
-    assert all(e.startswith("data: ") for e in events)
-    return [json.loads(e[6:]) for e in events[:-1]]
-
-
 def test_streamed_and_whole_completions_are_the_single_stream(server, trained_run, alone):
     expected = alone(300, prime="ROMEO:", seed=5, temperature=0.7, top_k=8)
     request = {"prompt": "ROMEO:", "max_tokens": 300, "seed": 5, "temperature": 0.7, "top_k": 8}
     status, headers, body = server.post({**request, "stream": True})
     assert status == 200 and headers["content-type"].startswith("text/event-stream")
-    chunks = _events(body)
+    chunks = sse_events(body)
     assert "".join(c["choices"][0]["text"] for c in chunks) == expected
     assert [c["choices"][0]["finish_reason"] for c in chunks[:-1]] == [None] * (len(chunks) - 1)
     assert chunks[-1]["choices"][0] == {"text": "", "index": 0, "logprobs": None,
@@ -175,28 +96,15 @@ def test_an_unrepresentable_prompt_character_in_a_raw_run(raw_run):
         assert "'Z' (U+005A) at position 2 is not in the vocabulary" in error["message"]
 
 
-def _metric(server, name) -> float:
-    text = server.get("/metrics")[1]
-    line = next(l for l in text.splitlines() if l.startswith(f"charstream_{name} "))
-    return float(line.split()[1])
-
-
-def _wait_for(condition, timeout=20):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-
-
 def test_a_client_that_leaves_frees_its_stream(server):
     conn = server.connection()
     conn.request("POST", "/v1/completions", json.dumps(
         {"prompt": "ROMEO:", "max_tokens": 5000, "stream": True}), {"Content-Type": "application/json"})
     res = conn.getresponse()
     assert res.status == 200 and res.read(200)
-    assert _metric(server, "active_streams") == 1
+    assert metric(server, "active_streams") == 1
     conn.close()  # mid-stream
-    _wait_for(lambda: _metric(server, "active_streams") == 0)
+    wait_for(lambda: metric(server, "active_streams") == 0)
     assert server.post({"prompt": "a", "max_tokens": 3})[0] == 200
 
 
@@ -209,16 +117,16 @@ def test_more_requests_than_streams_queue_then_get_429(server):
                 {"prompt": "a", "max_tokens": 5000, "stream": True}),
                 {"Content-Type": "application/json"})
             conns.append(conn)
-        _wait_for(lambda: _metric(server, "active_streams") == 3
-                  and _metric(server, "queued_streams") == 2)
+        wait_for(lambda: metric(server, "active_streams") == 3
+                  and metric(server, "queued_streams") == 2)
         status, headers, text = server.post({"prompt": "a", "max_tokens": 3})
         assert status == 429 and headers["retry-after"] == "1"
         assert "all 3 streams are busy and 2 requests wait" in json.loads(text)["error"]["message"]
     finally:
         for conn in conns:
             conn.close()
-    _wait_for(lambda: _metric(server, "active_streams") == 0
-              and _metric(server, "queued_streams") == 0)
+    wait_for(lambda: metric(server, "active_streams") == 0
+              and metric(server, "queued_streams") == 0)
     assert server.post({"prompt": "a", "max_tokens": 3})[0] == 200
 
 
@@ -227,9 +135,9 @@ def test_models_health_and_metrics(server, trained_run):
     assert status == 200 and json.loads(text)["data"][0]["id"] == trained_run.name
     status, text = server.get("/healthz")
     assert status == 200 and json.loads(text)["status"] == "ok"
-    before = _metric(server, "characters_total")
+    before = metric(server, "characters_total")
     server.post({"prompt": "a", "max_tokens": 40})
-    assert _metric(server, "characters_total") == before + 40
+    assert metric(server, "characters_total") == before + 40
     text = server.get("/metrics")[1]
     assert "# TYPE charstream_active_streams gauge" in text
     assert "# TYPE charstream_characters_total counter" in text
@@ -250,7 +158,7 @@ def test_sigterm_ends_the_streams_with_a_final_event_and_exits_0(trained_run):
         assert server.proc.wait(30) == 0
     finally:
         server.stop(signal.SIGKILL)
-    events = _events((first.decode() + rest)[(first.decode() + rest).index("data: "):])
+    events = sse_events((first.decode() + rest)[(first.decode() + rest).index("data: "):])
     assert events[-1]["choices"][0]["finish_reason"] == "shutdown"
     assert "Traceback" not in server.proc.stderr.read()
 
@@ -292,9 +200,9 @@ def test_the_page_streams_text_into_a_real_browser(server):
         output = browser.find_element("id", "output")
         status = browser.find_element("id", "status")
         try:
-            _wait_for(lambda: len(output.text) > len("JULIET:") + 20, timeout=60)
+            wait_for(lambda: len(output.text) > len("JULIET:") + 20, timeout=60)
             first = len(output.text)
-            _wait_for(lambda: len(output.text) > first + 50, timeout=60)   # and it grows
+            wait_for(lambda: len(output.text) > first + 50, timeout=60)   # and it grows
         except AssertionError:
             raise AssertionError(f"page status {status.text!r}, output {output.text[:80]!r}, "
                                  f"server {server.get('/healthz')[1]}") from None

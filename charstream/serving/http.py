@@ -113,6 +113,7 @@ async def until_disconnected(receive, work):
         watcher.cancel()
         if not task.done():
             task.cancel()
+            await asyncio.wait({task})   # let it unwind: a cancel is not yet cancelled()
     return None if task.cancelled() else task.result()
 
 
