@@ -66,6 +66,14 @@ def fraction(value, name: str, error=ValueError) -> float:
     return float(value)
 
 
+def unit_interval(value, name: str, open_low: bool, error=ValueError) -> float:
+    """A number in [0, 1], or in (0, 1] with `open_low` (top_p, min_p)."""
+    low_ok = _is_number(value) and _finite(value) and (value > 0 if open_low else value >= 0)
+    if not low_ok or value > 1:
+        raise error(f"{name} must be in {'(' if open_low else '['}0, 1], got {shown(value)}")
+    return float(value)
+
+
 def positive_number(value, name: str, error=ValueError) -> float:
     if not _is_number(value) or not _finite(value) or value <= 0:
         raise error(f"{name} must be a positive number, got {shown(value)}")

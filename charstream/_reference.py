@@ -152,22 +152,51 @@ def lstm_step(lstms, dense, ids, state):
     return p / p.sum(axis=1, keepdims=True), new_state
 
 
-def sample_id(probs, temperature: float, top_k, u: float) -> int:
-    """The sampling contract, one id: temperature 0 is the first argmax, and so
-    is a temperature whose inverse is no float32 (the samplers scale logits by
-    it in float32); otherwise (probability / the largest) ** (1 /
-    temperature), only the top_k largest kept (ties to the lower id; None or <= 0
-    keeps all), and the first id whose cumulative sum exceeds `u` times the
-    total (the last id if rounding leaves none)."""
+def kept_weights(probs, temperature: float, top_k=None, top_p: float = 1.0,
+                 min_p: float = 0.0):
+    """The weights a character is sampled from, unnormalised, or None for argmax.
+
+    Temperature 0 is argmax, and so is a temperature whose inverse is no float32
+    (the samplers scale logits by it in float32). Otherwise (probability / the
+    largest) ** (1 / temperature); then, in this order, each on what the one
+    before left: only the top_k largest kept (ties to the lower id; None or <= 0
+    keeps all); only the fewest largest whose sum reaches top_p of the total
+    kept (1 keeps all); those below min_p times the largest dropped (0 keeps all).
+    """
     probs = [float(p) for p in probs]
     if temperature == 0 or 1.0 / temperature >= FLOAT32_OVERFLOW:
-        return max(range(len(probs)), key=lambda k: (probs[k], -k))
+        return None
     top = max(probs)
     weights = [(p / top) ** (1.0 / temperature) for p in probs]
+    ranked = sorted(range(len(weights)), key=lambda k: (-weights[k], k))
+    keep = len(weights)
     if top_k is not None and 0 < top_k < len(weights):
-        ranked = sorted(range(len(weights)), key=lambda k: (-weights[k], k))
-        kept = set(ranked[:top_k])
-        weights = [w if k in kept else 0.0 for k, w in enumerate(weights)]
+        keep = top_k
+    first = set(ranked[:keep])
+    weights = [w if k in first else 0.0 for k, w in enumerate(weights)]
+    if top_p < 1:
+        total, acc = sum(weights), 0.0
+        for r in range(keep):
+            acc += weights[ranked[r]]
+            if acc >= top_p * total:
+                keep = r + 1
+                break
+    if min_p > 0:
+        floor = min_p * weights[ranked[0]]
+        keep = next((r for r in range(1, keep) if weights[ranked[r]] < floor), keep)
+    kept = set(ranked[:keep])
+    return [w if k in kept else 0.0 for k, w in enumerate(weights)]
+
+
+def sample_id(probs, temperature: float, top_k, u: float, top_p: float = 1.0,
+              min_p: float = 0.0) -> int:
+    """The sampling contract, one id: the first argmax where `kept_weights` says
+    argmax; otherwise the first id whose cumulative kept weight exceeds `u`
+    times their total (the last id if rounding leaves none)."""
+    weights = kept_weights(probs, temperature, top_k, top_p, min_p)
+    if weights is None:
+        probs = [float(p) for p in probs]
+        return max(range(len(probs)), key=lambda k: (probs[k], -k))
     target, total = u * sum(weights), 0.0
     for k, w in enumerate(weights):
         total += w

@@ -27,15 +27,44 @@ cdef extern from "lstm_step.h" nogil:
     ctypedef struct cs_sampling:
         const double* temperature
         const int* top_k
+        const double* top_p
+        const double* min_p
         const double* u
         int32_t* out
         double* p
+        const int* want
+        const int32_t* score
+        double* logprob
+        int32_t* top_ids
+        double* top_lp
     int CS_CHUNK
+    int CS_TOP
     void cs_step(const cs_net* net, const int32_t* ids, float* logits,
                  const cs_sampling* sampling)
     void cs_softmax(const float* logits, int depth, float inv, double* p)
     int32_t cs_sample(const float* logits, int depth, double temperature, int top_k,
-                      double u, double* p)
+                      double top_p, double min_p, double u, double* p, double* kept)
+
+
+TOP = CS_TOP    # the most log-probabilities a row reports
+
+
+cdef int _check_rule(double temperature, double top_p, double min_p, str at) except -1:
+    if not 0 <= temperature < float("inf"):
+        raise ValueError(f"temperature{at} must be a finite number >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p{at} must be in (0, 1], got {top_p}")
+    if not 0 <= min_p <= 1:
+        raise ValueError(f"min_p{at} must be in [0, 1], got {min_p}")
+    return 0
+
+
+cdef void _zero(cs_sampling* s) noexcept nogil:
+    s.top_p = s.min_p = NULL
+    s.want = NULL
+    s.score = NULL
+    s.logprob = s.top_lp = NULL
+    s.top_ids = NULL
 
 
 def _f32(array, name, shape):
@@ -238,34 +267,63 @@ cdef class NativeLSTM:
                 cs_softmax(&self._logits[b, 0], self.net.depth, 1.0, &ov[b, 0])
         return out
 
-    cdef int _check_single(self, str what, int char_id, double temperature) except -1:
+    cdef int _check_single(self, str what, int char_id, double temperature, double top_p,
+                           double min_p) except -1:
         if self.net.batch != 1:
             raise ValueError(f"{what} needs batch 1, this net has batch {self.net.batch}")
         if not 0 <= char_id < self.net.depth:
             raise ValueError(f"id {char_id} is out of range for depth {self.net.depth}")
-        if not 0 <= temperature < float("inf"):
-            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
-        return 0
+        return _check_rule(temperature, top_p, min_p, "")
 
-    cpdef int step_sample1(self, int char_id, double temperature, int top_k, double u) except -1:
+    cpdef int step_sample1(self, int char_id, double temperature, int top_k, double u,
+                           double top_p=1.0, double min_p=0.0) except -1:
         """The single-stream fast path of `step_sample_into`: scalars in, the id out.
 
         `top_k <= 0` keeps every id. Requires `batch == 1`.
         """
-        self._check_single("step_sample1", char_id, temperature)
+        self._check_single("step_sample1", char_id, temperature, top_p, min_p)
         cdef int32_t cid = char_id, out
         cdef int k = top_k
         cdef cs_sampling s
+        _zero(&s)
         s.temperature, s.top_k, s.u, s.out, s.p = &temperature, &k, &u, &out, &self._p[0, 0]
+        s.top_p, s.min_p = &top_p, &min_p
         with nogil:
             cs_step(&self.net, &cid, &self._logits[0, 0], &s)
         return out
 
-    def sample_many(self, int first_id, int n, double temperature, int top_k, u):
+    def step_sample_logprobs(self, int char_id, double temperature, int top_k, double u,
+                             double top_p=1.0, double min_p=0.0, int want=0, int score=-1):
+        """`step_sample1` that also reports log-probabilities (batch 1): feed
+        `char_id`, sample (or, with `score >= 0`, score that id under the model
+        instead), and return `(id, logprob, top)`: the id, its log-probability
+        under the distribution it was sampled from, and the `want` (<= `TOP`)
+        most likely `(id, logprob)` pairs of that distribution."""
+        self._check_single("step_sample_logprobs", char_id, temperature, top_p, min_p)
+        if not 0 <= want <= CS_TOP:
+            raise ValueError(f"want must be in [0, {CS_TOP}], got {want}")
+        if not -1 <= score < self.net.depth:
+            raise ValueError(f"score must be -1 or an id below {self.net.depth}, got {score}")
+        cdef int32_t cid = char_id, out, sc = score
+        cdef int k = top_k, w = want
+        cdef double lp
+        cdef int32_t ids[8]
+        cdef double lps[8]
+        cdef cs_sampling s
+        _zero(&s)
+        s.temperature, s.top_k, s.u, s.out, s.p = &temperature, &k, &u, &out, &self._p[0, 0]
+        s.top_p, s.min_p, s.want, s.score = &top_p, &min_p, &w, &sc
+        s.logprob, s.top_ids, s.top_lp = &lp, &ids[0], &lps[0]
+        with nogil:
+            cs_step(&self.net, &cid, &self._logits[0, 0], &s)
+        return out, lp, [(ids[j], lps[j]) for j in range(CS_TOP) if ids[j] >= 0]
+
+    def sample_many(self, int first_id, int n, double temperature, int top_k, u,
+                    double top_p=1.0, double min_p=0.0):
         """Run `n` steps of a single stream in one call: feed `first_id`, sample with
         `u[0]`, feed that, ... Returns the `(n,)` int32 ids (as `n` calls of
         `step_sample1` would)."""
-        self._check_single("sample_many", first_id, temperature)
+        self._check_single("sample_many", first_id, temperature, top_p, min_p)
         uarr = np.ascontiguousarray(u, dtype=np.float64)
         if n < 0 or uarr.shape != (n,):
             raise ValueError(f"u must have shape ({n},), got {uarr.shape}")
@@ -277,7 +335,9 @@ cdef class NativeLSTM:
         cdef int32_t cid = first_id
         cdef int i, k = top_k
         cdef cs_sampling s
+        _zero(&s)
         s.temperature, s.top_k, s.p = &temperature, &k, &self._p[0, 0]
+        s.top_p, s.min_p = &top_p, &min_p
         with nogil:
             for i in range(n):
                 s.u = &uv[i]
@@ -349,37 +409,68 @@ cdef class NativeLSTM:
         self._temperature[:] = temperature
         self._top_k[:] = top_k
         cdef cs_sampling s
+        _zero(&s)
         s.temperature, s.top_k = &self._temperature[0], &self._top_k[0]
         s.u, s.out, s.p = &u[0], &out[0], &self._p[0, 0]
         with nogil:
             cs_step(&self.net, &ids[0], &self._logits[0, 0], &s)
 
-    cpdef step_rows(self, int rows, const int32_t[::1] ids, const double[::1] temperature,
-                    const int[::1] top_k, const double[::1] u, int32_t[::1] out):
-        """Step streams `0 .. rows - 1` only, each with its own temperature and top-k:
-        feed `ids[b]`, sample into `out[b]` with `u[b]`; streams `rows ..` keep their
+    def step_rows(self, int rows, const int32_t[::1] ids, const double[::1] temperature,
+                  const int[::1] top_k, const double[::1] u, int32_t[::1] out,
+                  const double[::1] top_p=None, const double[::1] min_p=None,
+                  const int[::1] want=None, const int32_t[::1] score=None,
+                  double[::1] logprob=None, int32_t[:, ::1] top_ids=None,
+                  double[:, ::1] top_lp=None):
+        """Step streams `0 .. rows - 1` only, each with its own settings: feed
+        `ids[b]`, sample into `out[b]` with `u[b]`; streams `rows ..` keep their
         state untouched. A continuous-batching server keeps its active streams in
-        the first rows, so a tick costs what its active streams need."""
+        the first rows, so a tick costs what its active streams need.
+
+        Optional, per row: `top_p`, `min_p` (as `cs_sample` applies them); with
+        `want` (and `logprob` `(rows,)`, `top_ids` and `top_lp` `(rows, TOP)`),
+        rows with `want[b] >= 0` report log-probabilities, and rows with
+        `score[b] >= 0` score that id instead of sampling (see `cs_sampling`)."""
         cdef int b
         if not 0 <= rows <= self.net.batch:
             raise ValueError(f"rows must be in [0, {self.net.batch}], got {rows}")
         for arr, name in ((ids, "ids"), (temperature, "temperature"), (top_k, "top_k"),
-                          (u, "u"), (out, "out")):
-            if arr.shape[0] < rows:
+                          (u, "u"), (out, "out"), (top_p, "top_p"), (min_p, "min_p"),
+                          (want, "want"), (score, "score"), (logprob, "logprob"),
+                          (top_ids, "top_ids"), (top_lp, "top_lp")):
+            if arr is not None and arr.shape[0] < rows:
                 raise ValueError(f"{name} must hold at least {rows} values, got {arr.shape[0]}")
+        if want is not None and (logprob is None or top_ids is None or top_lp is None
+                                 or top_ids.shape[1] != CS_TOP or top_lp.shape[1] != CS_TOP):
+            raise ValueError(f"want needs logprob (rows,), top_ids and top_lp (rows, {CS_TOP})")
+        if score is not None and want is None:
+            raise ValueError("score needs want")
         for b in range(rows):
             if not 0 <= ids[b] < self.net.depth:
                 raise ValueError(f"ids[{b}] = {ids[b]} is out of range for depth {self.net.depth}")
-            if not 0 <= temperature[b] < float("inf"):
-                raise ValueError(f"temperature[{b}] must be a finite number >= 0, "
-                                 f"got {temperature[b]}")
+            _check_rule(temperature[b], 1.0 if top_p is None else top_p[b],
+                        0.0 if min_p is None else min_p[b], f"[{b}]")
+            if want is not None and not -1 <= want[b] <= CS_TOP:
+                raise ValueError(f"want[{b}] must be in [-1, {CS_TOP}], got {want[b]}")
+            if score is not None and not -1 <= score[b] < self.net.depth:
+                raise ValueError(f"score[{b}] = {score[b]} is out of range for depth "
+                                 f"{self.net.depth}")
         if rows == 0:
             return
         cdef cs_net part = self.net   # the same buffers, the first `rows` streams
         part.batch = rows
         cdef cs_sampling s
+        _zero(&s)
         s.temperature, s.top_k, s.u = &temperature[0], &top_k[0], &u[0]
         s.out, s.p = &out[0], &self._p[0, 0]
+        if top_p is not None:
+            s.top_p = &top_p[0]
+        if min_p is not None:
+            s.min_p = &min_p[0]
+        if want is not None:
+            s.want, s.logprob = &want[0], &logprob[0]
+            s.top_ids, s.top_lp = &top_ids[0, 0], &top_lp[0, 0]
+        if score is not None:
+            s.score = &score[0]
         with nogil:
             cs_step(&part, &ids[0], &self._logits[0, 0], &s)
 
@@ -408,17 +499,19 @@ cdef class NativeLSTM:
             c[row] = cs
 
 
-def sample_from_logits(logits, double temperature, int top_k, double u):
+def sample_from_logits(logits, double temperature, int top_k, double u, double top_p=1.0,
+                       double min_p=0.0):
     """The C sampler alone, on one row of logits: its NumPy twin is
     `charstream._reference.sample_id` on `softmax(logits)`. `top_k <= 0` keeps all."""
     arr = np.ascontiguousarray(logits, dtype=np.float32)
     if arr.ndim != 1 or not 1 <= arr.shape[0] <= 256:
         raise ValueError(f"logits must have shape (depth,) with 1 <= depth <= 256, got {arr.shape}")
-    if not 0 <= temperature < float("inf"):
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+    _check_rule(temperature, top_p, min_p, "")
     cdef float[::1] lv = arr
     cdef double[::1] p = np.empty(arr.shape[0], np.float64)
     cdef int32_t out
+    cdef double kept
     with nogil:
-        out = cs_sample(&lv[0], <int>lv.shape[0], temperature, top_k, u, &p[0])
+        out = cs_sample(&lv[0], <int>lv.shape[0], temperature, top_k, top_p, min_p, u, &p[0],
+                        &kept)
     return out

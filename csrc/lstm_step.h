@@ -203,41 +203,63 @@ CS_INLINE void cs_softmax(const float *logits, int depth, float inv, double *p) 
     for (int i = 0; i < depth; i++) p[i] /= total;
 }
 
-/* Sample one id under charstream's contract (see charstream/sampling.py):
+/* The first maximum of logits[0:depth]. */
+CS_INLINE int32_t cs_argmax(const float *logits, int depth) {
+    int best = 0;
+    for (int i = 1; i < depth; i++) if (logits[i] > logits[best]) best = i;
+    return best;
+}
+
+/* order[0:depth] = the ids by p descending, ties to the lower id (an insertion
+ * sort: depth <= 256). */
+CS_INLINE void cs_order(const double *p, int depth, int *order) {
+    for (int i = 0; i < depth; i++) {
+        int j = i;
+        while (j > 0 && p[order[j - 1]] < p[i]) { order[j] = order[j - 1]; j--; }
+        order[j] = i;
+    }
+}
+
+/* Sample one id under charstream's contract (see charstream/streaming/sampling.py):
  * temperature 0 is argmax (first maximum), and so is a temperature whose
- * inverse is no float32 (below about 2.9e-39, where inf * 0 would be NaN);
- * otherwise softmax(logits / T), keep the top_k most likely (ties to the lower id; top_k <= 0 keeps all), and return
- * the first id whose cumulative probability exceeds u * total. p: depth doubles
- * of scratch. */
-CS_INLINE int32_t cs_sample(const float *logits, int depth, double temperature,
-                                int top_k, double u, double *p) {
+ * inverse is no float32 (below about 2.9e-39, where inf * 0 would be NaN).
+ * Otherwise p = softmax(logits / T), then, in this order, each on what the
+ * previous left: keep the top_k most likely (ties to the lower id; <= 0 keeps
+ * all); keep the fewest most likely whose sum reaches top_p of what is left
+ * (>= 1 keeps all); drop those below min_p times the most likely (<= 0 keeps
+ * all). Return the first id whose cumulative weight exceeds u times the total.
+ * p: depth doubles of scratch, left holding the kept weights; *kept: their
+ * total, or 0 for argmax (a point mass; p untouched). */
+CS_INLINE int32_t cs_sample(const float *logits, int depth, double temperature, int top_k,
+                            double top_p, double min_p, double u, double *p, double *kept) {
     const float inv = (float)(1.0 / temperature);
     if (temperature == 0.0 || isinf(inv)) {
-        int best = 0;
-        for (int i = 1; i < depth; i++) if (logits[i] > logits[best]) best = i;
-        return best;
+        *kept = 0.0;
+        return cs_argmax(logits, depth);
     }
     cs_softmax(logits, depth, inv, p);
-    if (top_k > 0 && top_k < depth) {
-        /* The k-th largest value and how many of it to keep (lowest ids first). */
-        int above = 0, kept_ties;
-        double kth = -1.0;
-        for (int i = 0; i < depth; i++) {       /* rank each value: O(depth^2) <= 65536 */
-            int rank = 0;
-            for (int j = 0; j < depth; j++) rank += p[j] > p[i] || (p[j] == p[i] && j < i);
-            if (rank == top_k - 1) kth = p[i];
+    if ((top_k > 0 && top_k < depth) || top_p < 1.0 || min_p > 0.0) {
+        int order[256], keep = top_k > 0 && top_k < depth ? top_k : depth;
+        cs_order(p, depth, order);
+        for (int r = keep; r < depth; r++) p[order[r]] = 0.0;
+        if (top_p < 1.0) {
+            double total = 0.0, acc = 0.0;
+            for (int i = 0; i < depth; i++) total += p[i];
+            for (int r = 0; r < keep; r++) {
+                acc += p[order[r]];
+                if (acc >= top_p * total) { keep = r + 1; break; }
+            }
         }
-        for (int i = 0; i < depth; i++) above += p[i] > kth;
-        kept_ties = top_k - above;
-        for (int i = 0; i < depth; i++) {
-            if (p[i] > kth) continue;
-            if (p[i] == kth && kept_ties > 0) { kept_ties--; continue; }
-            p[i] = 0.0;
+        if (min_p > 0.0) {
+            const double floor = min_p * p[order[0]];
+            for (int r = 1; r < keep; r++) if (p[order[r]] < floor) { keep = r; break; }
         }
+        for (int r = keep; r < depth; r++) p[order[r]] = 0.0;
     }
     {
         double total = 0.0, acc = 0.0, target;
         for (int i = 0; i < depth; i++) total += p[i];
+        *kept = total;
         target = u * total;
         for (int i = 0; i < depth; i++) {
             acc += p[i];
@@ -247,16 +269,78 @@ CS_INLINE int32_t cs_sample(const float *logits, int depth, double temperature,
     }
 }
 
+#define CS_TOP 5   /* the most log-probabilities a row reports */
+
+/* The n (<= CS_TOP) largest weights of p (ties to the lower id; zeros never) as
+ * ids and log(p / total); the rest of the CS_TOP places get id -1. */
+CS_INLINE void cs_top(const double *p, int depth, int n, double total,
+                      int32_t *ids, double *lp) {
+    for (int k = 0; k < CS_TOP; k++) {
+        int best = -1;
+        if (k < n)
+            for (int i = 0; i < depth; i++) {
+                int taken = 0;
+                for (int j = 0; j < k; j++) taken |= ids[j] == i;
+                if (!taken && p[i] > 0.0 && (best < 0 || p[i] > p[best])) best = i;
+            }
+        ids[k] = best;
+        lp[k] = best < 0 ? 0.0 : log(p[best] / total);
+    }
+}
 
 /* Sampling done inside cs_step, per stream, on the core that computed it; each
- * stream has its own temperature and top-k (streams of a server batch differ). */
+ * stream has its own settings (streams of a server batch differ). Arrays
+ * marked "or NULL" are optional. */
 typedef struct {
     const double *temperature;  /* (batch) */
     const int *top_k;           /* (batch); <= 0 keeps every id */
+    const double *top_p;        /* (batch) or NULL: keep all */
+    const double *min_p;        /* (batch) or NULL: keep all */
     const double *u;            /* (batch) uniforms */
     int32_t *out;               /* (batch) sampled ids */
     double *p;                  /* (batch, depth) scratch */
+    /* Log-probabilities, when `want` is given: a row with want[b] >= 0 reports
+     * the log-probability of its id in logprob[b] and its want[b] most likely
+     * ids in top_ids/top_lp[b, :], under the distribution it sampled from (a
+     * point mass for argmax). A row with score[b] >= 0 samples nothing: it
+     * reports score[b]'s log-probability under the model (temperature 1,
+     * nothing cut, clipped below at 1e-12 as evaluation clips it) and its
+     * want[b] most likely ids, and out[b] = score[b]. */
+    const int *want;            /* (batch) or NULL */
+    const int32_t *score;       /* (batch) or NULL */
+    double *logprob;            /* (batch) */
+    int32_t *top_ids;           /* (batch, CS_TOP) */
+    double *top_lp;             /* (batch, CS_TOP) */
 } cs_sampling;
+
+/* Stream b's sample (or score) from its logits, under `s`. */
+CS_INLINE void cs_sample_row(const cs_sampling *s, int b, const float *logits, int d) {
+    double *p = s->p + (size_t)b * d, kept;
+    int32_t *ids = s->top_ids ? s->top_ids + (size_t)b * CS_TOP : NULL;
+    double *lp = s->top_lp ? s->top_lp + (size_t)b * CS_TOP : NULL;
+    const int want = s->want ? s->want[b] : -1;
+    const int32_t score = s->score ? s->score[b] : -1;
+    if (score >= 0) {
+        cs_softmax(logits, d, 1.0f, p);
+        s->out[b] = score;
+        if (want >= 0) {
+            s->logprob[b] = log(p[score] > 1e-12 ? p[score] : 1e-12);
+            cs_top(p, d, want, 1.0, ids, lp);
+        }
+        return;
+    }
+    const int32_t id = s->out[b] = cs_sample(
+        logits, d, s->temperature[b], s->top_k[b], s->top_p ? s->top_p[b] : 1.0,
+        s->min_p ? s->min_p[b] : 0.0, s->u[b], p, &kept);
+    if (want < 0) return;
+    if (kept == 0.0) {  /* argmax: all the mass on id */
+        s->logprob[b] = 0.0;
+        for (int k = 0; k < CS_TOP; k++) { ids[k] = k == 0 && want > 0 ? id : -1; lp[k] = 0.0; }
+        return;
+    }
+    s->logprob[b] = log(p[id] / kept);
+    cs_top(p, d, want, kept, ids, lp);
+}
 
 /* One step of every stream: feed ids[b] to stream b, leave its next-character
  * logits in logits[b * depth : (b + 1) * depth], and, when `sampling` is given,
@@ -303,10 +387,7 @@ static void cs_step(const cs_net *net, const int32_t *ids, float *logits,
             cs_gemm_acc(out, net->h[net->layers - 1] + (size_t)b0 * u, u, net->dense_w, u, d, nb);
             if (sampling)
                 for (int r = 0; r < nb; r++)
-                    sampling->out[b0 + r] = cs_sample(
-                        out + (size_t)r * d, d, sampling->temperature[b0 + r],
-                        sampling->top_k[b0 + r], sampling->u[b0 + r],
-                        sampling->p + (size_t)(b0 + r) * d);
+                    cs_sample_row(sampling, b0 + r, out + (size_t)r * d, d);
         }
         CS_FTZ_END
     }

@@ -13,7 +13,7 @@ from charstream.streaming._lstm import NativeLSTM, sample_from_logits
 from charstream.model import build_inference_model, build_training_model, lstm_layers, reset_states
 from charstream.weights import load_stream_weights
 from charstream import _reference as ref
-from charstream.streaming.sampling import sample_id
+from charstream.streaming.sampling import logprobs_of, sample_id
 
 from conftest import load_run
 
@@ -86,21 +86,65 @@ def test_same_seed_same_text_on_both_backends(keras_gen, native_gen, kwargs):
     assert a == b
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.integers(1, 60), st.integers(0, 2**32 - 1),
        st.sampled_from([0.0, 0.5, 1.0, 2.0, 1e-40, 2.9e-39, 3e-39, 1e-30, 1e-3]),
-       st.integers(0, 70))
-def test_c_and_numpy_samplers_equal_the_reference(depth, seed, temperature, top_k):
+       st.integers(0, 70), st.sampled_from([1.0, 0.95, 0.6, 0.1, 1e-9]),
+       st.sampled_from([0.0, 0.05, 0.3, 1.0]))
+def test_c_and_numpy_samplers_equal_the_reference(depth, seed, temperature, top_k, top_p, min_p):
     rng = np.random.default_rng(seed)
     logits = rng.normal(0, 3, depth).astype(np.float32)
     if depth > 3:
-        logits[1] = logits[2]  # a tie, for top-k and argmax
+        logits[1] = logits[2]  # a tie, for top-k, top-p and argmax
     u = float(rng.random())
     p = np.exp(logits.astype(np.float64) - logits.max())
     p /= p.sum()
-    expected = ref.sample_id(p, temperature, top_k or None, u)
-    assert sample_from_logits(logits, temperature, top_k, u) == expected
-    assert sample_id(p, temperature, top_k or None, u) == expected
+    expected = ref.sample_id(p, temperature, top_k or None, u, top_p, min_p)
+    assert sample_from_logits(logits, temperature, top_k, u, top_p, min_p) == expected
+    assert sample_id(p, temperature, top_k or None, u, top_p, min_p) == expected
+
+
+def test_top_p_and_min_p_keep_what_the_contract_says():
+    p = np.array([0.1, 0.4, 0.2, 0.3])
+    # top-p 0.6: 0.4 + 0.3 reaches it; min-p 0.6: 0.3 and 0.2 are below 0.6 * 0.4.
+    assert ref.kept_weights(p, 1.0, None, 0.6)[0] == 0 and ref.kept_weights(p, 1.0, None, 0.6)[2] == 0
+    assert [w > 0 for w in ref.kept_weights(p, 1.0, None, 1.0, 0.6)] == [False, True, False, True]
+    for u in np.linspace(0, 0.999, 50):
+        assert sample_from_logits(np.log(p), 1.0, 0, u, 0.6) in (1, 3)
+        assert sample_from_logits(np.log(p), 1.0, 2, u, 1.0, 0.9) == 1
+    with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\], got 0.0"):
+        sample_from_logits(np.log(p), 1.0, 0, 0.5, 0.0)
+    with pytest.raises(ValueError, match=r"min_p must be in \[0, 1\], got -0.1"):
+        sample_from_logits(np.log(p), 1.0, 0, 0.5, 1.0, -0.1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([0.0, 0.7, 1.0, 1.5]), st.integers(0, 8),
+       st.sampled_from([1.0, 0.8]), st.sampled_from([0.0, 0.1]), st.integers(0, 5))
+def test_the_c_steps_logprobs_are_those_of_the_distribution_it_sampled(
+        seed, temperature, top_k, top_p, min_p, want):
+    rng = np.random.default_rng(seed)
+    lstm = [(rng.normal(0, 0.5, (7, 12)).astype(np.float32),
+             rng.normal(0, 0.5, (3, 12)).astype(np.float32), np.zeros(12, np.float32))]
+    dense = rng.normal(0, 1, (3, 7)).astype(np.float32), rng.normal(0, 1, 7).astype(np.float32)
+    net, twin = NativeLSTM(lstm, *dense), NativeLSTM(lstm, *dense)
+    char = 0
+    for _ in range(20):
+        u = float(rng.random())
+        probs = twin.probs([char])[0]
+        got, lp, top = net.step_sample_logprobs(char, temperature, top_k, u, top_p, min_p, want)
+        assert got == ref.sample_id(probs, temperature, top_k or None, u, top_p, min_p)
+        expected_lp, expected_top = logprobs_of(probs, got, temperature, top_k or None, want,
+                                                top_p, min_p)
+        assert lp == pytest.approx(expected_lp, abs=1e-5) and np.isfinite(lp)
+        assert [k for k, _ in top] == [k for k, _ in expected_top]
+        np.testing.assert_allclose([v for _, v in top], [v for _, v in expected_top], atol=1e-5)
+        char = got
+    # Scoring: the model's own distribution, as evaluation scores it.
+    probs = twin.probs([char])[0]
+    _, lp, top = net.step_sample_logprobs(char, 0.5, 2, 0.5, score=4, want=3)
+    assert lp == pytest.approx(np.log(probs[4]), abs=1e-5)
+    assert [k for k, _ in top] == list(np.argsort(-probs, kind="stable")[:3])
 
 
 @pytest.mark.parametrize("temperature", [1e-40, 5e-324, 1 / ref.FLOAT32_OVERFLOW])

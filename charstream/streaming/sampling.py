@@ -5,7 +5,9 @@ Stream k owns `numpy.random.default_rng(seed_k)` and consumes its doubles
 in order, one per sampled character. The character is the first id whose
 cumulative probability exceeds `u * total`, the probabilities taken in
 vocabulary order after temperature (`softmax(log p / T)`) and top-k (the k
-largest, ties to the lower id). Temperature 0 is argmax; its draw is made and
+largest, ties to the lower id), then top-p (the fewest most likely whose sum
+reaches `top_p` of what top-k kept), then min-p (those below `min_p` times the
+most likely dropped). Temperature 0 is argmax; its draw is made and
 ignored. So is a temperature too small for its inverse to be a float32 (below
 about 2.9e-39): the C sampler scales logits by `1 / T` in float32. The C sampler (`csrc/lstm_step.h`, `cs_sample`) implements the same
 rule; `charstream._reference.sample_id` is the plain twin both are held to.
@@ -27,6 +29,16 @@ from .. import _checks
 def check_temperature(temperature) -> float:
     """A finite temperature >= 0."""
     return _checks.non_negative_number(temperature, "temperature")
+
+
+def check_top_p(top_p, error=ValueError) -> float:
+    """A number in (0, 1]; 1 keeps every character."""
+    return _checks.unit_interval(top_p, "top_p", True, error)
+
+
+def check_min_p(min_p, error=ValueError) -> float:
+    """A number in [0, 1]; 0 keeps every character."""
+    return _checks.unit_interval(min_p, "min_p", False, error)
 
 
 def check_top_k(top_k, size: int):
@@ -58,22 +70,54 @@ def _argmax_temperature(temperature: float) -> bool:
         return temperature == 0 or bool(np.isinf(np.float32(1.0 / temperature)))
 
 
-def sample_id(probs: np.ndarray, temperature: float, top_k: int | None, u: float) -> int:
-    """Pick one id from `probs` with the uniform `u`, under the module's contract."""
+def kept_weights(probs: np.ndarray, temperature: float, top_k: int | None,
+                 top_p: float = 1.0, min_p: float = 0.0) -> np.ndarray | None:
+    """The unnormalised weights a character is sampled from, or None for argmax:
+    temperature, then top-k, top-p and min-p, each on what the one before left
+    (the module's contract; `cs_sample` in C, `charstream._reference` plain)."""
     if _argmax_temperature(temperature):
-        return int(np.argmax(probs))
-    p = np.asarray(probs, dtype=np.float64)
+        return None
+    p = np.array(probs, dtype=np.float64)
     if temperature != 1:
         with np.errstate(divide="ignore"):
             logits = np.log(p) / temperature
         p = np.exp(logits - logits.max())
-    if top_k is not None and top_k < p.size:
-        # Keep the k most likely (ties broken by id, as a stable sort does).
-        cut = np.argsort(-p, kind="stable")[top_k:]
-        p = p.copy()
-        p[cut] = 0.0
+    if (top_k is None or top_k >= p.size) and top_p >= 1 and min_p <= 0:
+        return p
+    order = np.argsort(-p, kind="stable")        # most likely first, ties by id
+    keep = p.size if top_k is None else min(top_k, p.size)
+    p[order[keep:]] = 0.0
+    if top_p < 1:
+        reached = np.flatnonzero(np.cumsum(p[order[:keep]]) >= top_p * p.sum())
+        keep = int(reached[0]) + 1 if len(reached) else keep
+    if min_p > 0:
+        below = np.flatnonzero(p[order[1:keep]] < min_p * p[order[0]])
+        keep = int(below[0]) + 1 if len(below) else keep
+    p[order[keep:]] = 0.0
+    return p
+
+
+def sample_id(probs: np.ndarray, temperature: float, top_k: int | None, u: float,
+              top_p: float = 1.0, min_p: float = 0.0) -> int:
+    """Pick one id from `probs` with the uniform `u`, under the module's contract."""
+    p = kept_weights(probs, temperature, top_k, top_p, min_p)
+    if p is None:
+        return int(np.argmax(probs))
     cdf = np.cumsum(p)
     return int(min(np.searchsorted(cdf, u * cdf[-1], side="right"), p.size - 1))
+
+
+def logprobs_of(probs: np.ndarray, char_id: int, temperature: float, top_k: int | None,
+                want: int, top_p: float = 1.0, min_p: float = 0.0):
+    """`(logprob, top)`: `char_id`'s log-probability under the distribution it
+    was sampled from, and that distribution's `want` most likely `(id,
+    logprob)` pairs (ties to the lower id, zeros never); a point mass for argmax."""
+    p = kept_weights(probs, temperature, top_k, top_p, min_p)
+    if p is None:
+        return 0.0, [(int(char_id), 0.0)][:want]
+    total = p.sum()
+    order = [int(k) for k in np.argsort(-p, kind="stable")[:want] if p[k] > 0]
+    return float(np.log(p[char_id] / total)), [(k, float(np.log(p[k] / total))) for k in order]
 
 
 class Uniforms:
