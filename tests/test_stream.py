@@ -56,9 +56,9 @@ class CountingBackend:
         self.steps += 1
         return self.inner.probs(ids)
 
-    def step_sample1(self, char_id, temperature, top_k, u):
+    def step_sample1(self, char_id, temperature, top_k, u, top_p=1.0, min_p=0.0):
         self.steps += 1
-        return self.inner.step_sample1(char_id, temperature, top_k, u)
+        return self.inner.step_sample1(char_id, temperature, top_k, u, top_p, min_p)
 
 
 def test_stream_is_lazy_one_step_per_character(gen):
@@ -260,3 +260,35 @@ def test_cli_evaluate(trained_run, backend):
     summary = json.loads((trained_run / "summary.json").read_text())
     assert result["window_nats"] == pytest.approx(summary["val_loss"], abs=1e-5)
     assert result["characters"] == summary["val_targets"]
+
+
+def test_stop_ends_the_stream_before_the_stop_and_the_seed_holds(gen):
+    free = gen.generate(400, prime="romeo:", seed=4)
+    stop = free[150:152]                   # a pair the model does produce
+    cut = free[:free.index(stop)]
+    assert gen.generate(400, prime="romeo:", seed=4, stop=[stop, "zzzz"]) == cut
+    assert gen.generate(400, prime="romeo:", seed=4, stop="qqq") == free
+
+
+@pytest.mark.parametrize("backend", ["keras", "native"])
+def test_top_p_min_p_and_logprobs_on_both_backends(trained_run, backend):
+    import numpy as np
+
+    from charstream import _reference as ref
+
+    g = StreamGenerator.load(trained_run, backend=backend)
+    twin = StreamGenerator.load(trained_run, backend="native")
+    kwargs = dict(prime="romeo:", seed=9, temperature=0.9, top_p=0.8, min_p=0.05)
+    pieces = list(g.stream(max_chars=60, logprobs=3, **kwargs))
+    assert "".join(pieces) == twin.generate(60, **kwargs)
+    twin.reset()
+    twin.feed("romeo")
+    for piece in pieces:
+        probs = twin.step(":" if piece is pieces[0] else previous)
+        weights = np.array(ref.kept_weights(probs, 0.9, None, 0.8, 0.05))
+        expected = np.log(weights[g.vocab.chars.index(piece)] / weights.sum())
+        assert piece.token_logprobs[0] == pytest.approx(expected, abs=1e-5)
+        top = piece.top_logprobs[0]
+        assert piece in top and len(top) <= 4
+        assert all(v <= 0 for v in top.values())
+        previous = str(piece)

@@ -21,7 +21,9 @@ import numpy as np
 from .. import _checks
 from ..data.text import Vocabulary, reduce_text
 from ..run import RunDir
-from .sampling import Uniforms, check_max_chars, check_temperature, check_top_k, start_ids
+from .sampling import (MAX_LOGPROBS, Piece, Uniforms, check_max_chars, check_min_p,
+                       check_temperature, check_top_k, check_top_p, start_ids)
+from .stops import Stops, check_stop, stop_stream
 
 BACKENDS = ("keras", "native")
 
@@ -44,8 +46,14 @@ class Backend(Protocol):
         """Feed `ids[b]` to stream b and write its next id, sampled with the
         uniform `u[b]` (`charstream.sampling`), into `out[b]`."""
 
-    def step_sample1(self, char_id: int, temperature: float, top_k, u: float) -> int:
-        """`step_sample_into` for one stream: the sampled id."""
+    def step_sample1(self, char_id: int, temperature: float, top_k, u: float,
+                     top_p: float = 1.0, min_p: float = 0.0) -> int:
+        """`step_sample_into` for one stream, with top-p and min-p: the sampled id."""
+
+    def step_logprobs(self, char_id: int, temperature: float, top_k, u: float, top_p: float,
+                      min_p: float, want: int) -> tuple[int, float, list]:
+        """`step_sample1` that also returns the id's log-probability and the `want`
+        most likely `(id, logprob)` of the distribution it was sampled from."""
 
     def score(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Feed `ids[:-1]` to stream 0 from its current state: `(nll, hit)`, each
@@ -189,7 +197,8 @@ class StreamGenerator:
         return start_ids(self.encode(prime), self.vocab.size, self._newline, draws)
 
     def stream(self, prime: str = "", temperature: float = 1.0, seed: int | None = None,
-               top_k: int | None = None, max_chars: int | None = None) -> Iterator[str]:
+               top_k: int | None = None, max_chars: int | None = None, top_p: float = 1.0,
+               min_p: float = 0.0, stop=None, logprobs: int | None = None) -> Iterator[str]:
         """Yield generated characters one by one, lazily, without end unless `max_chars`.
 
         The state is reset and all but the last character of `prime` are fed now;
@@ -208,20 +217,42 @@ class StreamGenerator:
             seed: seed of `numpy.random.default_rng`; the same seed gives the same text.
             top_k: sample only among the k most likely characters.
             max_chars: stop after this many characters; None for unbounded.
+            top_p: then only among the fewest most likely whose probabilities
+                reach `top_p` (nucleus sampling; 1 keeps all).
+            min_p: then drop those below `min_p` times the most likely (0 keeps all).
+            stop: a string or up to 4: the stream ends before the first one it
+                produces, which is never yielded (`charstream.streaming.stops`;
+                characters that may begin one are yielded once they cannot).
+            logprobs: None, or 0 to 5: yield `Piece`s carrying each character's
+                log-probability under the distribution it was sampled from and
+                that many of that distribution's most likely characters.
 
         Raises:
             ValueError: for a prime character the vocabulary cannot represent, a
-                negative or non-finite temperature, `top_k < 1`, `max_chars < 0`.
+                negative or non-finite temperature, `top_k < 1`, `max_chars < 0`,
+                `top_p` outside (0, 1], `min_p` outside [0, 1], a bad `stop` or
+                `logprobs`.
         """
         self._single("stream")
         temperature, top_k, max_chars = self._check_sampling(temperature, top_k, max_chars)
+        rule = (temperature, top_k, check_top_p(top_p), check_min_p(min_p))
+        stops = Stops(check_stop(stop, 1 << 16))
+        if logprobs is not None:
+            _checks.non_negative_int(logprobs, "logprobs")
+            if logprobs > MAX_LOGPROBS:
+                raise ValueError(f"logprobs must be at most {MAX_LOGPROBS}, got {logprobs}")
         draws = Uniforms(seed)
         ids = self._prime_ids(prime, draws)
         self.reset()
         for char_id in ids[:-1]:
             self._probs1(int(char_id))
-        return _one_stream(self.backend.step_sample1, self.vocab.chars, int(ids[-1]),
-                           temperature, top_k, draws, max_chars)
+        if logprobs is None:
+            chars = _one_stream(self.backend.step_sample1, self.vocab.chars, int(ids[-1]),
+                                rule, draws, max_chars)
+        else:
+            chars = _logprob_stream(self.backend.step_logprobs, self.vocab.chars, int(ids[-1]),
+                                    rule, logprobs, draws, max_chars)
+        return stop_stream(chars, stops) if stops else chars
 
     def _check_sampling(self, temperature, top_k, max_chars):
         return (check_temperature(temperature), check_top_k(top_k, self.vocab.size),
@@ -276,14 +307,29 @@ class StreamGenerator:
 
 # ----------------------------------------------------------------------------- the loops
 
-def _one_stream(step, chars: str, char_id: int, temperature, top_k, draws,
-                max_chars) -> Iterator[str]:
+def _one_stream(step, chars: str, char_id: int, rule, draws, max_chars) -> Iterator[str]:
     """Feed `char_id`, then each sampled id: one `step` per character, lazily."""
+    temperature, top_k, top_p, min_p = rule
     produced = 0
     while max_chars is None or produced < max_chars:
-        char_id = step(char_id, temperature, top_k, next(draws))
+        char_id = step(char_id, temperature, top_k, next(draws), top_p, min_p)
         produced += 1
         yield chars[char_id]
+
+
+def _logprob_stream(step, chars: str, char_id: int, rule, want: int, draws,
+                    max_chars) -> Iterator[Piece]:
+    """`_one_stream`, each character a `Piece` with its log-probabilities."""
+    temperature, top_k, top_p, min_p = rule
+    produced = 0
+    while max_chars is None or produced < max_chars:
+        char_id, logprob, top = step(char_id, temperature, top_k, next(draws), top_p, min_p,
+                                     want)
+        produced += 1
+        char = chars[char_id]
+        alternatives = {chars[k]: v for k, v in top}
+        alternatives.setdefault(char, logprob)
+        yield Piece(char, [logprob], [alternatives])
 
 
 def _feed_aligned(backend: Backend, padded: np.ndarray, starts: np.ndarray) -> None:

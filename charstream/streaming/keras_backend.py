@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from ..data.windows import onehot_batch
-from .sampling import sample_id
+from .sampling import logprobs_of, sample_id
 
 WINDOW_BATCH = 1024   # windows scored together (no gradients: big batches are cheap)
 
@@ -78,8 +78,15 @@ class KerasBackend:
         for b, (p, x) in enumerate(zip(self.probs(ids), u)):
             out[b] = sample_id(p, temperature, top_k, x)
 
-    def step_sample1(self, char_id: int, temperature: float, top_k, u: float) -> int:
-        return sample_id(self.probs([char_id])[0], temperature, top_k, u)
+    def step_sample1(self, char_id: int, temperature: float, top_k, u: float,
+                     top_p: float = 1.0, min_p: float = 0.0) -> int:
+        return sample_id(self.probs([char_id])[0], temperature, top_k, u, top_p, min_p)
+
+    def step_logprobs(self, char_id: int, temperature: float, top_k, u: float, top_p: float,
+                      min_p: float, want: int) -> tuple[int, float, list]:
+        p = self.probs([char_id])[0]
+        got = sample_id(p, temperature, top_k, u, top_p, min_p)
+        return (got, *logprobs_of(p, got, temperature, top_k, want, top_p, min_p))
 
     def score(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Feed `ids[:-1]` to stream 0 one step at a time: `(nll, hit)` as

@@ -55,8 +55,16 @@ class NativeBackend:
     def step_sample_into(self, ids, temperature: float, top_k, u, out) -> None:
         self._net.step_sample_into(ids, temperature, top_k or 0, u, out)
 
-    def step_sample1(self, char_id: int, temperature: float, top_k, u: float) -> int:
-        return self._net.step_sample1(char_id, temperature, top_k or 0, u)
+    def step_sample1(self, char_id: int, temperature: float, top_k, u: float,
+                     top_p: float = 1.0, min_p: float = 0.0) -> int:
+        return self._net.step_sample1(char_id, temperature, top_k or 0, u, top_p, min_p)
+
+    def step_logprobs(self, char_id: int, temperature: float, top_k, u: float, top_p: float,
+                      min_p: float, want: int) -> tuple[int, float, list]:
+        """One step of stream 0 that also reports log-probabilities, from the same
+        C call: `(id, logprob, [(id, logprob), ...])`."""
+        return self._net.step_sample_logprobs(char_id, temperature, top_k or 0, u, top_p,
+                                              min_p, want)
 
     def sample_many(self, first_id: int, n: int, temperature: float, top_k, u) -> np.ndarray:
         """`n` steps of stream 0 in one C call: feed `first_id`, then each sampled
@@ -91,10 +99,12 @@ class NativeBackend:
 
     # ------------------------------------------------------------------ rows (batching)
 
-    def step_rows(self, rows: int, ids, temperature, top_k, u, out) -> None:
+    def step_rows(self, rows: int, ids, temperature, top_k, u, out, **optional) -> None:
         """Step streams `0 .. rows - 1` only, each with its own temperature, top-k
-        and uniform; write the sampled ids into `out[:rows]`."""
-        self._net.step_rows(rows, ids, temperature, top_k, u, out)
+        and uniform; write the sampled ids into `out[:rows]`. `optional`: per-row
+        `top_p`, `min_p`, and log-probabilities (`want`, `score`, `logprob`,
+        `top_ids`, `top_lp`), as `NativeLSTM.step_rows` takes them."""
+        self._net.step_rows(rows, ids, temperature, top_k, u, out, **optional)
 
     def copy_row(self, src: int, dst: int) -> None:
         """Give stream `dst` the state of stream `src`."""

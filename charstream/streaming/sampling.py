@@ -25,6 +25,8 @@ import numpy as np
 
 from .. import _checks
 
+MAX_LOGPROBS = 5    # the most likely characters reported per place (CS_TOP in C)
+
 
 def check_temperature(temperature) -> float:
     """A finite temperature >= 0."""
@@ -118,6 +120,24 @@ def logprobs_of(probs: np.ndarray, char_id: int, temperature: float, top_k: int 
     total = p.sum()
     order = [int(k) for k in np.argsort(-p, kind="stable")[:want] if p[k] > 0]
     return float(np.log(p[char_id] / total)), [(k, float(np.log(p[k] / total))) for k in order]
+
+
+class Piece(str):
+    """Text with the log-probabilities of its characters, when they were asked for.
+
+    A `str` (so code that reads text reads it unchanged) with, per character:
+    `token_logprobs[i]`, its log-probability (None for a prompt's first
+    character, which nothing predicts), and `top_logprobs[i]`, a dict of the most
+    likely characters at that place and theirs, the character itself included.
+    """
+
+    token_logprobs: list
+    top_logprobs: list
+
+    def __new__(cls, text: str, token_logprobs: list, top_logprobs: list):
+        piece = super().__new__(cls, text)
+        piece.token_logprobs, piece.top_logprobs = token_logprobs, top_logprobs
+        return piece
 
 
 class Uniforms:
