@@ -364,14 +364,24 @@ cdef class NativeLSTM:
         cdef const int32_t[::1] iv = arr
         cdef double[::1] nv = nll
         cdef unsigned char[::1] hv = hit.view(np.uint8)
-        cdef double* p = &self._p[0, 0]
         cdef float* logits = &self._logits[0, 0]
-        cdef int d = self.net.depth, j, best
+        cdef int d = self.net.depth, j, best, want = 0
+        cdef int32_t out
+        cdef int32_t top[8]
+        cdef double lp, temperature = 1.0, u = 0.0
+        cdef double top_lp[8]
+        cdef int top_k = 0
+        cdef cs_sampling s
+        _zero(&s)
+        # Scored inside the step (as a server's echo is), so the same float
+        # environment computes both: bit for bit the same numbers.
+        s.temperature, s.top_k, s.u, s.out, s.p = &temperature, &top_k, &u, &out, &self._p[0, 0]
+        s.want, s.logprob, s.top_ids, s.top_lp = &want, &lp, &top[0], &top_lp[0]
         with nogil:
             for k in range(n - 1):
-                cs_step(&self.net, &iv[k], logits, NULL)
-                cs_softmax(logits, d, 1.0, p)
-                nv[k] = -log(p[iv[k + 1]] if p[iv[k + 1]] > 1e-12 else 1e-12)
+                s.score = &iv[k + 1]
+                cs_step(&self.net, &iv[k], logits, &s)
+                nv[k] = -lp
                 best = 0
                 for j in range(1, d):
                     if logits[j] > logits[best]:

@@ -208,3 +208,89 @@ def test_an_unrepresentable_prime_in_a_raw_run(raw_run):
     with pytest.raises(ValueError, match=r"'z' \(U\+007A\) at position 1 is not in the vocabulary"):
         engine.submit("az")
     assert np.array_equal(engine.check("abc", 1, 1.0, None).ids, [1, 2, 3])
+
+
+def test_stop_nucleus_logprobs_and_echo_in_the_engine_equal_the_single_stream(trained_run, single):
+    # The single stream's own text decides the stops, so that they fire.
+    rng = random.Random(3)
+    specs = []
+    for k in range(24):
+        spec = dict(prime=rng.choice(["romeo:", "a", "", "all:\n"]), max_tokens=rng.randint(5, 300),
+                    temperature=rng.choice([0.0, 0.7, 1.0]), top_k=rng.choice([None, 5]),
+                    seed=k, top_p=rng.choice([1.0, 0.9, 0.5]), min_p=rng.choice([0.0, 0.1]))
+        free = single.generate(spec["max_tokens"], **_settings(spec))
+        if k % 2 and len(free) > 20:
+            spec["stop"] = [free[10:13], "qq"] if k % 4 == 1 else free[rng.randint(3, 15)]
+        if k % 3 == 0:
+            spec["logprobs"] = rng.randint(0, 5)
+        specs.append(spec)
+
+    async def collect(engine, spec):
+        req = engine.submit(**spec)
+        return [chunk async for chunk in req.chunks()], req
+
+    async def main():
+        engine = Engine.load(trained_run, max_streams=5, max_queue=100, flush=0.0005)
+        async with engine:
+            results = await asyncio.gather(*(collect(engine, s) for s in specs))
+            assert engine.stats()["free"] == 5
+            return results
+
+    for spec, (chunks, req) in zip(specs, _run(main())):
+        kw = _settings(spec)
+        expected = list(single.stream(max_chars=spec["max_tokens"], stop=spec.get("stop"),
+                                      logprobs=spec.get("logprobs"), **kw))
+        text = "".join(chunks)
+        assert text == "".join(expected), spec
+        stops = [spec["stop"]] if isinstance(spec.get("stop"), str) else spec.get("stop") or []
+        assert not any(s in text for s in stops)        # no chunk ever carried a stop
+        free = single.generate(spec["max_tokens"], **kw)
+        assert req.finish_reason == ("stop" if text != free else "length")
+        if "logprobs" in spec:
+            got = [v for c in chunks for v in c.token_logprobs]
+            want = [p.token_logprobs[0] for p in expected]
+            np.testing.assert_allclose(got, want, atol=2e-5)
+            tops = [t for c in chunks for t in c.top_logprobs]
+            assert [sorted(t) for t in tops] == [sorted(p.top_logprobs[0]) for p in expected]
+
+
+def _settings(spec):
+    return {k: spec[k] for k in ("prime", "temperature", "top_k", "seed", "top_p", "min_p")}
+
+
+def test_echo_with_max_tokens_0_scores_the_prompt_as_evaluation_does(trained_run, single):
+    text = "first citizen:\nbefore we proceed any further, hear me speak."
+
+    async def main():
+        engine = Engine.load(trained_run, max_streams=2)
+        async with engine:
+            req = engine.submit(text, max_tokens=0, echo=True, logprobs=2)
+            chunks = [c async for c in req.chunks()]
+            plain = engine.submit("romeo", max_tokens=3, echo=True, seed=1)
+            return chunks, req, "".join([c async for c in plain.chunks()])
+
+    chunks, req, plain = _run(main())
+    assert "".join(chunks) == text and req.finish_reason == "length" and req.produced == 0
+    lps = [v for c in chunks for v in c.token_logprobs]
+    single.reset()
+    nll, _ = single.backend.score(single.encode(text))
+    assert lps[0] is None and lps[1:] == [-v for v in nll]          # bit for bit
+    tops = [t for c in chunks for t in c.top_logprobs]
+    assert tops[0] is None and all(len(t) <= 3 and c in t for t, c in zip(tops[1:], text[1:]))
+    assert plain == "romeo" + single.generate(3, prime="romeo", seed=1)
+
+
+def test_bad_new_fields_name_the_field(trained_run):
+    engine = Engine.load(trained_run, max_streams=1, max_prime=20)
+    for kwargs, words in ((dict(top_p=0), "top_p must be in (0, 1], got 0"),
+                          (dict(top_p=1.5), "top_p must be in (0, 1], got 1.5"),
+                          (dict(min_p=-0.1), "min_p must be in [0, 1], got -0.1"),
+                          (dict(logprobs=6), "logprobs must be an integer in [0, 5], got 6"),
+                          (dict(logprobs=True), "logprobs must be an integer, got true"),
+                          (dict(stop=["a"] * 5), "at most 4 strings"),
+                          (dict(stop="x" * 21), "stop has 21 characters; at most 20"),
+                          (dict(echo="yes"), "echo must be true or false"),
+                          (dict(max_tokens=0), "max_tokens must be a positive integer, got 0")):
+        with pytest.raises(ValueError) as info:
+            engine.submit("a", **{"max_tokens": 5, **kwargs})
+        assert words in str(info.value) and info.value.field == next(iter(kwargs)), kwargs

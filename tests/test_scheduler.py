@@ -13,6 +13,7 @@ class Req:
         self.finished_at = None
         self.cancelled = False
         self.parked_since = None
+        self.hit_stop = False
 
     def __repr__(self):
         return self.name

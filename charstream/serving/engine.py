@@ -54,7 +54,7 @@ import numpy as np
 from .. import _checks
 from ..data.text import Vocabulary
 from ..streaming.native import NativeBackend
-from ..streaming.sampling import Uniforms, start_ids
+from ..streaming.sampling import Piece, Uniforms, start_ids
 from .request import Checked, Limits, Request, check_request
 from .scheduler import Decision, QueueFull, Scheduler
 from .slots import Slots, carry_out
@@ -175,14 +175,26 @@ class Engine:
     # ------------------------------------------------------------------ requests
 
     def check(self, prime: str = "", max_tokens=256, temperature=1.0, top_k=None,
-              seed=None) -> Checked:
-        """The request checked (`charstream.serving.request.check_request`)."""
+              seed=None, **options) -> Checked:
+        """The request checked (`charstream.serving.request.check_request`;
+        `options`: `top_p`, `min_p`, `stop`, `logprobs`, `echo`)."""
         return check_request(self.limits, self.vocab, self.reduce, prime, max_tokens,
-                             temperature, top_k, seed)
+                             temperature, top_k, seed, **options)
 
     def submit(self, prime: str = "", max_tokens: int = 256, temperature: float = 1.0,
-               top_k: int | None = None, seed: int | None = None) -> Request:
+               top_k: int | None = None, seed: int | None = None, *, top_p: float = 1.0,
+               min_p: float = 0.0, stop=None, logprobs: int | None = None,
+               echo: bool = False) -> Request:
         """Check and queue a request; it takes a row at the next tick with one free.
+
+        Sampling is `StreamGenerator.stream`'s (`temperature`, `top_k`, `top_p`,
+        `min_p`, `seed`, and `stop`, `charstream.streaming.stops`'s contract: the
+        row is freed as soon as a stop string is produced). `logprobs` (0 to 5)
+        makes the reads `Piece`s with log-probabilities from the same C step;
+        `echo` returns the prompt (as the model read it, reduced) before the
+        completion, with its characters' log-probabilities under the model
+        when `logprobs` is given; `max_tokens=0` with `echo` scores the prompt
+        and generates nothing.
 
         Raises:
             RequestError (a ValueError): naming a bad field (a prime character the
@@ -194,7 +206,8 @@ class Engine:
             raise ShuttingDown(f"the engine failed ({self.failure}); the server is restarting")
         if self.closing:
             raise ShuttingDown("the server is shutting down")
-        checked = self.check(prime, max_tokens, temperature, top_k, seed)
+        checked = self.check(prime, max_tokens, temperature, top_k, seed, top_p=top_p,
+                             min_p=min_p, stop=stop, logprobs=logprobs, echo=echo)
         draws = Uniforms(checked.seed)
         ids = start_ids(checked.ids, self.vocab.size, self.vocab.chars.find("\n"), draws)
         req = Request(self._ticker, checked, ids, draws)
@@ -204,9 +217,9 @@ class Engine:
         return req
 
     async def stream(self, prime: str = "", max_tokens: int = 256, temperature: float = 1.0,
-                     top_k: int | None = None, seed: int | None = None):
+                     top_k: int | None = None, seed: int | None = None, **options):
         """`submit`, then yield the text as it comes (cancelled if abandoned)."""
-        req = self.submit(prime, max_tokens, temperature, top_k, seed)
+        req = self.submit(prime, max_tokens, temperature, top_k, seed, **options)
         async for chunk in req.chunks():
             yield chunk
 
@@ -238,6 +251,7 @@ class _TickLoop:
     def __init__(self, scheduler: Scheduler, slots: Slots, vocab: Vocabulary, flush: float):
         self.scheduler, self.slots, self.flush = scheduler, slots, flush
         self.codes = np.array([ord(c) for c in vocab.chars], dtype="<u4")
+        self.chars = vocab.chars
         self.pulse, self._wake = asyncio.Event(), asyncio.Event()
         self.closing = False
         self.failure: str | None = None
@@ -254,22 +268,59 @@ class _TickLoop:
         self._wake.set()
 
     def produced(self, req: Request) -> int:
-        return int(self.slots.written[req.slot]) if req.slot >= 0 else 0
+        if req.slot >= 0 and self.slots.owner[req.slot] is req:
+            return int(self.slots.written[req.slot])
+        return req.produced_at_end     # its slot went back (or it never had one)
 
     def read(self, req: Request) -> str:
-        """What `req` produced since its last read; a finished request's slot
-        comes back once everything is read."""
+        """What `req` produced since its last read (a `Piece` when it asked for
+        logprobs; the prompt first when it asked for echo); a finished request's
+        slot comes back once everything is read."""
         slots = self.slots
         if req.slot < 0 or slots.owner[req.slot] is not req:
             return ""
+        head = None
+        if not req.echoed and (slots.feed_left[req.slot] == 0 or req.done):
+            req.echoed, head = True, self._prompt(req)
         text = ""
         if slots.unread(req.slot):
-            text = self.codes[slots.drain(req.slot)].tobytes().decode("utf-32-le")
+            start, end = slots.drain(req.slot, final=req.done)
+            text = self._text(req, start, end)
             if req.parked_since is not None:
                 self._wake.set()  # it may resume
-        if req.done:
+        if req.done and not slots.unread(req.slot):
             self.apply(self.scheduler.read_all(req))
-        return text
+        return text if head is None else _joined(head, text)
+
+    def _decode(self, ids: np.ndarray) -> str:
+        return self.codes[ids].tobytes().decode("utf-32-le")
+
+    def _text(self, req: Request, start: int, end: int) -> str:
+        text = self._decode(self.slots.ids(req.slot, start, end))
+        found = self.slots.logprobs(req.slot, start, end)
+        return text if found is None else self._piece(text, [float(v) for v in found[0]],
+                                                      found[1], found[2])
+
+    def _piece(self, text: str, lps: list, top_ids, top_lp) -> Piece:
+        chars = self.chars
+        tops = []
+        for char, lp, ids, values in zip(text, lps, top_ids.tolist(), top_lp.tolist()):
+            top = {chars[k]: v for k, v in zip(ids, values) if k >= 0}
+            if lp is not None:
+                top.setdefault(char, lp)
+            tops.append(top)
+        return Piece(text, lps, tops)
+
+    def _prompt(self, req: Request) -> str:
+        """The prompt as the model read it, with its log-probabilities if asked."""
+        text = self._decode(req.checked.ids)
+        scored = self.slots.prompt_lp[req.slot]
+        if scored is None:
+            return text
+        lps = [None] + [float(v) for v in scored[0][1:]]
+        piece = self._piece(text, lps, scored[1], scored[2])
+        piece.top_logprobs[:1] = [None] * len(piece.top_logprobs[:1])   # nothing predicts it
+        return piece
 
     # ------------------------------------------------------------------ the loop
 
@@ -341,6 +392,16 @@ class _TickLoop:
         pulse, self.pulse = self.pulse, asyncio.Event()
         self._last_pulse = time.monotonic()
         pulse.set()
+
+
+def _joined(head: str, text: str) -> str:
+    """The echoed prompt and the first text read, as one piece."""
+    if isinstance(head, Piece):
+        lps, tops = list(head.token_logprobs), list(head.top_logprobs)
+        if isinstance(text, Piece):
+            lps, tops = lps + text.token_logprobs, tops + text.top_logprobs
+        return Piece(head + text, lps, tops)
+    return head + text
 
 
 class _Rate:

@@ -15,7 +15,8 @@ import numpy as np
 
 from .. import _checks
 from ..data.text import Vocabulary, reduce_text
-from ..streaming.sampling import Uniforms, check_top_k
+from ..streaming.sampling import MAX_LOGPROBS, Uniforms, check_min_p, check_top_k, check_top_p
+from ..streaming.stops import check_stop
 
 
 class RequestError(ValueError):
@@ -40,10 +41,16 @@ class Checked:
     """A request as the engine runs it."""
 
     ids: np.ndarray             # the prime's ids (reduced and encoded), maybe empty
-    max_tokens: int
+    max_tokens: int             # 0 only with echo: score the prompt, generate nothing
     temperature: float
     top_k: int | None           # capped at the vocabulary's size
     seed: int | None
+    top_p: float = 1.0
+    min_p: float = 0.0
+    stop: tuple = ()            # the stop strings as given
+    stop_ids: tuple = ()        # those the vocabulary can spell, as chr(id) strings
+    logprobs: int | None = None
+    echo: bool = False
 
 
 def shown(value) -> str:
@@ -63,7 +70,8 @@ def _typed(value, name: str, kind) -> None:
 
 
 def check_request(limits: Limits, vocab: Vocabulary, reduce: bool, prime="",
-                  max_tokens=256, temperature=1.0, top_k=None, seed=None) -> Checked:
+                  max_tokens=256, temperature=1.0, top_k=None, seed=None, top_p=1.0,
+                  min_p=0.0, stop=None, logprobs=None, echo=False) -> Checked:
     """Check every field; the prime reduced (as the run's text was) and encoded.
 
     Raises:
@@ -78,16 +86,25 @@ def check_request(limits: Limits, vocab: Vocabulary, reduce: bool, prime="",
         raise RequestError("prompt", f"prompt has {len(prime)} characters; at most "
                            f"{limits.max_prime}")
     for name, value, kind in (("max_tokens", max_tokens, int), ("temperature", temperature,
-                              (int, float)), ("top_k", top_k, int), ("seed", seed, int)):
+                              (int, float)), ("top_k", top_k, int), ("seed", seed, int),
+                              ("top_p", top_p, (int, float)), ("min_p", min_p, (int, float)),
+                              ("logprobs", logprobs, int)):
         _typed(value, name, kind)
-    _checks.positive_int(max_tokens, "max_tokens", error("max_tokens"))
+    _checks.boolean(echo, "echo", error("echo"))
+    if max_tokens != 0 or not echo:   # 0 scores the prompt: echo only
+        _checks.positive_int(max_tokens, "max_tokens", error("max_tokens"))
     if max_tokens > limits.max_tokens:
         raise RequestError("max_tokens", f"max_tokens must be at most {limits.max_tokens}, "
                            f"got {max_tokens}")
     _checks.non_negative_number(temperature, "temperature", error("temperature"))
     _checks.optional_positive_int(top_k, "top_k", error=error("top_k"))
+    top_p, min_p = check_top_p(top_p, error("top_p")), check_min_p(min_p, error("min_p"))
     if seed is not None:
         _checks.non_negative_int(seed, "seed", error("seed"))
+    if logprobs is not None and not 0 <= logprobs <= min(MAX_LOGPROBS, vocab.size):
+        raise RequestError("logprobs", f"logprobs must be an integer in [0, "
+                           f"{min(MAX_LOGPROBS, vocab.size)}], got {shown(logprobs)}")
+    stops = check_stop(stop, limits.max_prime, error("stop"))
     try:
         ids = vocab.encode(reduce_text(prime) if reduce else prime)
     except ValueError as err:
@@ -95,7 +112,20 @@ def check_request(limits: Limits, vocab: Vocabulary, reduce: bool, prime="",
     if len(ids) > limits.max_prime:  # reduction may lengthen (U+0130 lowercases to two)
         raise RequestError("prompt", f"prompt has {len(ids)} characters once reduced; at "
                            f"most {limits.max_prime}")
-    return Checked(ids, max_tokens, float(temperature), check_top_k(top_k, vocab.size), seed)
+    return Checked(ids, max_tokens, float(temperature), check_top_k(top_k, vocab.size), seed,
+                   top_p, min_p, stops, _spelled(stops, vocab), logprobs, echo)
+
+
+def _spelled(stops: tuple, vocab: Vocabulary) -> tuple:
+    """The stops the model can produce, as `chr(id)` strings (the engine matches
+    ids); one with a character outside the vocabulary never matches."""
+    spelled = []
+    for stop in stops:
+        try:
+            spelled.append("".join(map(chr, vocab.encode(stop))))
+        except ValueError:
+            pass
+    return tuple(spelled)
 
 
 class Request:
@@ -111,12 +141,15 @@ class Request:
         self.checked, self.ids, self.draws = checked, ids, draws
         self.prime_chars = len(ids)
         self.slot = -1                       # set when placed
-        # "length", "cancelled", "stalled", "shutdown", or "error" (the engine failed)
+        # "length", "stop", "cancelled", "stalled", "shutdown", or "error" (the engine failed)
         self.finish_reason: str | None = None
         self.finished_at: float | None = None
         self.cancelled = False
         self.parked_since: float | None = None
         self.saved_state: list | None = None
+        self.produced_at_end = 0
+        self.hit_stop = False                # set by the slots: it ended at a stop string
+        self.echoed = not checked.echo       # the prompt was returned (or is not to be)
 
     @property
     def max_tokens(self) -> int:
@@ -136,8 +169,17 @@ class Request:
         self.cancelled = True
         self._handle.wake()
 
+    @property
+    def usage(self) -> dict:
+        """OpenAI's usage: characters are the tokens."""
+        prompt, completion = len(self.checked.ids), self.produced
+        return {"prompt_tokens": prompt, "completion_tokens": completion,
+                "total_tokens": prompt + completion}
+
     def read(self) -> str:
-        """The characters produced since the last read (possibly none)."""
+        """The characters produced since the last read (possibly none): a `Piece`
+        with their log-probabilities when the request asked for them, the prompt
+        first when it asked for `echo`."""
         return self._handle.read(self)
 
     async def chunks(self):

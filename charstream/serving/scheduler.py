@@ -109,11 +109,11 @@ class Scheduler:
         return decision
 
     def after_tick(self, done: list, behind: list, now: float) -> Decision:
-        """Requests that reached `max_tokens` finish ("length"); those whose reader
-        is a whole ring behind park."""
+        """Requests that reached `max_tokens` finish ("length"), or a stop string
+        ("stop", `req.hit_stop`); those whose reader is a whole ring behind park."""
         decision = Decision()
         for req in done:
-            self.finish(req, "length", decision, now)
+            self.finish(req, "stop" if req.hit_stop else "length", decision, now)
         for req in behind:
             if req.finish_reason is None and req in self.running:
                 self.running.remove(req)

@@ -16,7 +16,8 @@ import time
 
 import numpy as np
 
-from ..streaming.sampling import Uniforms
+from ..streaming.sampling import MAX_LOGPROBS, Uniforms
+from ..streaming.stops import Stops
 
 UNIFORMS = 256      # uniforms drawn per slot at a time
 
@@ -39,6 +40,23 @@ class Slots:
         self.next = np.zeros(size, np.int32)         # the id the next tick feeds
         self.temperature = np.zeros(size, np.float64)
         self.top_k = np.zeros(size, np.intc)
+        self.top_p = np.ones(size, np.float64)
+        self.min_p = np.zeros(size, np.float64)
+        self.cutting = 0                             # slots with top_p < 1 or min_p > 0
+        # Log-probabilities: want[s] >= 0 reports them (that many alternatives);
+        # score_prompt[s]: the prompt's characters are scored too (echo).
+        self.want = np.full(size, -1, np.intc)
+        self.score_prompt = np.zeros(size, bool)
+        self.wanting = 0                             # slots with want >= 0
+        self.logprob = np.zeros(size, np.float64)    # the C step's outputs, per row
+        self.top_ids = np.zeros((size, MAX_LOGPROBS), np.int32)
+        self.top_lp = np.zeros((size, MAX_LOGPROBS), np.float64)
+        self.lp_rings: list = [None] * size          # per slot: (lp, top ids, top lp) rings
+        self.prompt_lp: list = [None] * size         # per slot: the prompt's, the same three
+        # Stops: per slot, and which ids may end one of its stops (cheap to test).
+        self.stops: list[Stops | None] = [None] * size
+        self.stop_end = np.zeros((size, net.depth), bool)
+        self.stopping = 0                            # slots with stops
         self.limit = np.zeros(size, np.int64)        # max_tokens
         self.ring = np.zeros((size, buffer), np.int32)
         self.written = np.zeros(size, np.int64)      # ids produced
@@ -55,39 +73,86 @@ class Slots:
 
     # ------------------------------------------------------------------ slots
 
-    def place(self, owner, ids: np.ndarray, temperature: float, top_k: int, limit: int,
-              draws: Uniforms) -> int:
+    def place(self, owner, ids: np.ndarray, checked, draws: Uniforms) -> int:
         """Give `owner` a free slot and a fresh row; it feeds `ids`, then samples
-        `limit` ids. Returns the slot."""
+        `checked.max_tokens` ids under `checked`'s settings
+        (`charstream.serving.request.Checked`). Returns the slot."""
         slot = self.free.pop()
         self.owner[slot], self.draws[slot] = owner, draws
         self.prime[slot, :len(ids)] = ids
         self.prime_pos[slot], self.feed_left[slot] = 0, len(ids) - 1
         self.next[slot] = ids[0]
-        self.temperature[slot], self.top_k[slot] = temperature, top_k
-        self.limit[slot] = limit
+        self.temperature[slot], self.top_k[slot] = checked.temperature, checked.top_k or 0
+        self.top_p[slot], self.min_p[slot] = checked.top_p, checked.min_p
+        self.cutting += checked.top_p < 1 or checked.min_p > 0
+        self.limit[slot] = checked.max_tokens
         self.written[slot] = self.read[slot] = 0
         self.u[slot], self.u_pos[slot] = draws.take(UNIFORMS), 0
+        self._place_logprobs(slot, checked, len(ids))
+        if checked.stop_ids:
+            self.stops[slot] = Stops(checked.stop_ids)
+            self.stop_end[slot, [ord(stop[-1]) for stop in checked.stop_ids]] = True
+            self.stopping += 1
         row = self.take_row(slot)
         self.net.reset(np.arange(self.size) == row)
         return slot
 
+    def _place_logprobs(self, slot: int, checked, prime_len: int) -> None:
+        if checked.logprobs is None:
+            return
+        self.want[slot] = checked.logprobs
+        self.wanting += 1
+        # float32 and int16 rings: a logprobs request holds 29 bytes per buffered id.
+        self.lp_rings[slot] = (np.zeros(self.buffer, np.float32),
+                               np.full((self.buffer, MAX_LOGPROBS), -1, np.int16),
+                               np.zeros((self.buffer, MAX_LOGPROBS), np.float32))
+        if checked.echo:
+            self.score_prompt[slot] = True
+            self.prompt_lp[slot] = (np.zeros(prime_len), np.full((prime_len, MAX_LOGPROBS), -1),
+                                    np.zeros((prime_len, MAX_LOGPROBS)))
+
     def release(self, slot: int) -> None:
         """The slot is free again (its row must be released already)."""
+        self.cutting -= self.top_p[slot] < 1 or self.min_p[slot] > 0
+        self.top_p[slot], self.min_p[slot] = 1.0, 0.0
+        self.wanting -= self.want[slot] >= 0
+        self.want[slot], self.score_prompt[slot] = -1, False
+        self.lp_rings[slot] = self.prompt_lp[slot] = None
+        if self.stops[slot] is not None:
+            self.stopping -= 1
+            self.stops[slot] = None
+            self.stop_end[slot] = False
         self.owner[slot] = self.draws[slot] = None
         self.free.append(slot)
 
     def unread(self, slot: int) -> int:
         return int(self.written[slot] - self.read[slot])
 
-    def drain(self, slot: int) -> np.ndarray:
-        """The ids written since the last drain."""
+    def drain(self, slot: int, final: bool) -> tuple[int, int]:
+        """Mark the ids written since the last drain read, and return their range
+        `(start, end)` (read them with `ids` and `logprobs`). Unless `final`,
+        the end that could still become one of the slot's stop strings stays
+        unread (`charstream.streaming.stops`)."""
         start, end = int(self.read[slot]), int(self.written[slot])
-        ids = self.ring[slot, np.arange(start, end) % self.buffer]
+        stops = self.stops[slot]
+        if stops is not None and not final and end > start:
+            tail = self.ids(slot, max(start, end - stops.longest), end)
+            end -= stops.hold("".join(map(chr, tail.tolist())))
         # Only now may the worker thread write over them: it writes while readers
         # drain, and stops before `written - read` reaches the ring's length.
         self.read[slot] = end
-        return ids
+        return start, end
+
+    def ids(self, slot: int, start: int, end: int) -> np.ndarray:
+        return self.ring[slot, np.arange(start, end) % self.buffer]
+
+    def logprobs(self, slot: int, start: int, end: int):
+        """`(lp, top_ids, top_lp)` of ids `start .. end`; None if not asked for."""
+        rings = self.lp_rings[slot]
+        if rings is None:
+            return None
+        at = np.arange(start, end) % self.buffer
+        return tuple(ring[at] for ring in rings)
 
     # ------------------------------------------------------------------ rows
 
@@ -129,10 +194,10 @@ class Slots:
 
     def work(self, slots: np.ndarray, deadline: float, interrupted) -> int:
         """Tick the rows of `slots` (the active rows, in order) until one of them
-        reaches its limit or would overwrite unread ids, `deadline` passes, or
-        `interrupted()`. Runs in the worker thread: readers may drain meanwhile
-        (an id is written before it is counted, and a row stops before it would
-        overwrite what is unread). Returns the ticks run."""
+        reaches its limit (or a stop string) or would overwrite unread ids,
+        `deadline` passes, or `interrupted()`. Runs in the worker thread: readers
+        may drain meanwhile (an id is written before it is counted, and a row
+        stops before it would overwrite what is unread). Returns the ticks run."""
         n, ticks = len(slots), 0
         out = self.out[:n]
         while True:
@@ -142,13 +207,17 @@ class Slots:
             temperature = np.where(feeding, 0.0, self.temperature[slots])
             top_k = np.ascontiguousarray(np.where(feeding, 0, self.top_k[slots]), dtype=np.intc)
             u = self.u[slots, self.u_pos[slots]]
-            self.net.step_rows(n, ids, temperature, top_k, u, self.out)
+            self.net.step_rows(n, ids, temperature, top_k, u, self.out,
+                               **self._optional(slots, feeding))
             ticks += 1
-            fed, sampled = slots[feeding], slots[~feeding]
+            if self.wanting:
+                self._keep_logprobs(slots, feeding)
+            fed = slots[feeding]
+            live = ~feeding & (self.written[slots] < self.limit[slots])
+            sampled, new = slots[live], out[live]
             self.prime_pos[fed] += 1
             self.feed_left[fed] -= 1
             self.next[fed] = self.prime[fed, self.prime_pos[fed]]
-            new = out[~feeding]
             self.ring[sampled, self.written[sampled] % self.buffer] = new
             self.written[sampled] += 1
             self.next[sampled] = new
@@ -157,17 +226,63 @@ class Slots:
             for slot in sampled[self.u_pos[sampled] == UNIFORMS]:
                 self.u[slot] = self.draws[slot].take(UNIFORMS)
                 self.u_pos[slot] = 0
-            written = self.written[sampled]
-            if ((written >= self.limit[sampled]).any()
-                    or (written - self.read[sampled] >= self.buffer).any()
+            if self.stopping:
+                for slot in sampled[self.stop_end[sampled, new]]:
+                    self._match_stop(slot)
+            written = self.written[slots]
+            if (((self.feed_left[slots] == 0) & (written >= self.limit[slots])).any()
+                    or (written - self.read[slots] >= self.buffer).any()
                     or time.monotonic() >= deadline or interrupted()):
                 return ticks
 
+    def _optional(self, slots: np.ndarray, feeding: np.ndarray) -> dict:
+        """The step's optional per-row arrays, for the features some slot uses."""
+        kw = {}
+        if self.cutting:
+            kw["top_p"] = np.ascontiguousarray(self.top_p[slots])
+            kw["min_p"] = np.ascontiguousarray(self.min_p[slots])
+        if self.wanting:
+            # A feeding row that scores its prompt scores the next prime id.
+            pos = np.minimum(self.prime_pos[slots] + 1, self.prime.shape[1] - 1)
+            scoring = feeding & self.score_prompt[slots]
+            kw.update(want=np.ascontiguousarray(self.want[slots]),
+                      score=np.ascontiguousarray(np.where(
+                          scoring, self.prime[slots, pos], -1), dtype=np.int32),
+                      logprob=self.logprob, top_ids=self.top_ids, top_lp=self.top_lp)
+        return kw
+
+    def _keep_logprobs(self, slots: np.ndarray, feeding: np.ndarray) -> None:
+        """Copy this tick's log-probabilities into the slots' rings (before the
+        positions move on)."""
+        for r in np.flatnonzero(self.want[slots] >= 0):
+            slot = slots[r]
+            if feeding[r]:
+                if self.prompt_lp[slot] is not None:
+                    at = self.prime_pos[slot] + 1
+                    for ring, value in zip(self.prompt_lp[slot],
+                                           (self.logprob[r], self.top_ids[r], self.top_lp[r])):
+                        ring[at] = value
+            elif self.written[slot] < self.limit[slot]:
+                at = self.written[slot] % self.buffer
+                for ring, value in zip(self.lp_rings[slot],
+                                       (self.logprob[r], self.top_ids[r], self.top_lp[r])):
+                    ring[at] = value
+
+    def _match_stop(self, slot: int) -> None:
+        """End `slot` if what it wrote ends with one of its stop strings: the stop
+        is taken back (never read: `drain` holds it) and the limit set there."""
+        stops, end = self.stops[slot], int(self.written[slot])
+        tail = self.ids(slot, max(0, end - stops.longest), end)
+        found = stops.match("".join(map(chr, tail.tolist())))
+        if found is not None:
+            self.written[slot] = self.limit[slot] = end - len(found)
+            self.owner[slot].hit_stop = True
+
     def ended(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """`(done, behind)`: the slots that reached their limit, and those whose
-        reader is a whole ring behind."""
+        """`(done, behind)`: the slots that reached their limit (their prime fed),
+        and those whose reader is a whole ring behind."""
         written = self.written[slots]
-        return (slots[written >= self.limit[slots]],
+        return (slots[(self.feed_left[slots] == 0) & (written >= self.limit[slots])],
                 slots[written - self.read[slots] >= self.buffer])
 
 
@@ -180,11 +295,10 @@ def carry_out(slots: Slots, decision) -> None:
     for req in decision.park:
         req.saved_state = slots.park(req.slot)
     for req in decision.free:
+        req.produced_at_end = int(slots.written[req.slot])
         slots.release(req.slot)
     for req in decision.resume:
         slots.resume(req.slot, req.saved_state)
         req.saved_state = None
     for req in decision.place:
-        c = req.checked
-        req.slot = slots.place(req, req.ids, c.temperature, c.top_k or 0, c.max_tokens,
-                               req.draws)
+        req.slot = slots.place(req, req.ids, req.checked, req.draws)
