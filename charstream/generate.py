@@ -27,6 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="0 = argmax, 1 = the model's distribution (default: 1.0)")
     parser.add_argument("--top-k", type=int, default=None,
                         help="sample among the k most likely characters only")
+    parser.add_argument("--top-p", type=float, default=1.0,
+                        help="then among the fewest most likely whose probabilities reach "
+                        "P (nucleus sampling; default: 1, all)")
+    parser.add_argument("--min-p", type=float, default=0.0,
+                        help="then drop those below P times the most likely (default: 0)")
+    parser.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                        help="end before the first TEXT produced (up to 4; '\\n' is a "
+                        "newline)")
     parser.add_argument("--seed", type=int, default=None,
                         help="random seed; the same seed gives the same text")
     parser.add_argument("--backend", choices=("keras", "native"), default="keras",
@@ -67,8 +75,10 @@ def main(argv=None) -> int:
             print(json.dumps(result, indent=2))
             return 0
         gen = StreamGenerator.load(args.run_dir, backend=args.backend)
+        stop = None if args.stop is None else [t.replace("\\n", "\n") for t in args.stop]
         chars = gen.stream(prime=args.prime, temperature=args.temperature, seed=args.seed,
-                           top_k=args.top_k, max_chars=args.length or None)
+                           top_k=args.top_k, max_chars=args.length or None,
+                           top_p=args.top_p, min_p=args.min_p, stop=stop)
     except _cli.BAD_INPUT as err:
         return _cli.fail(PROG, err)
     out = sys.stdout

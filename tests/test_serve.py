@@ -74,7 +74,7 @@ def test_an_openai_client_works(server, trained_run, alone):
     ({"prompt": "a", "temperature": "hot"}, 400, "temperature", 'temperature must be a number, got "hot"'),
     ({"prompt": "a", "top_k": 0}, 400, "top_k", "top_k must be a positive integer or None, got 0"),
     ({"prompt": "a", "seed": -1}, 400, "seed", "seed must be a non-negative integer, got -1"),
-    ({"prompt": "a", "stream": "yes"}, 400, "stream", "stream must be true or false, got 'yes'"),
+    ({"prompt": "a", "stream": "yes"}, 400, "stream", 'stream must be true or false, got "yes"'),
     ({"prompt": "a", "n": 2}, 400, "n", "n must be 1"),
     ({"prompt": "x" * 101}, 400, "prompt", "prompt has 101 characters; at most 100"),
     ({"prompt": "a", "model": "gpt-9"}, 404, "model", "model 'gpt-9' does not exist"),

@@ -212,6 +212,18 @@ def test_cli_streams_and_is_deterministic(trained_run, gen):
     assert out.stdout == "ROMEO:" + gen.generate(50, prime="ROMEO:", seed=4) + "\n"
 
 
+def test_cli_top_p_min_p_and_stop(trained_run, gen):
+    free = gen.generate(300, prime="ROMEO:", seed=4, top_p=0.9, min_p=0.05)
+    stop = free[100:102]
+    out = _generate(str(trained_run), "--prime", "ROMEO:", "--length", "300", "--seed", "4",
+                    "--top-p", "0.9", "--min-p", "0.05", "--stop", stop.replace("\n", "\\n"),
+                    "--backend", "native")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "ROMEO:" + free[:free.index(stop)] + "\n"
+    bad = _generate(str(trained_run), "--top-p", "0", "--backend", "native")
+    assert bad.returncode == 2 and "top_p must be in (0, 1], got 0.0" in bad.stderr
+
+
 def test_cli_survives_a_closed_pipe(trained_run):
     cmd = (f"{sys.executable} -m charstream.generate {trained_run} --length 0 --seed 1 "
            f"| head -c 10; echo \" rc=${{PIPESTATUS[0]}}\"")
@@ -283,8 +295,9 @@ def test_top_p_min_p_and_logprobs_on_both_backends(trained_run, backend):
     assert "".join(pieces) == twin.generate(60, **kwargs)
     twin.reset()
     twin.feed("romeo")
+    previous = ":"
     for piece in pieces:
-        probs = twin.step(":" if piece is pieces[0] else previous)
+        probs = twin.step(previous)
         weights = np.array(ref.kept_weights(probs, 0.9, None, 0.8, 0.05))
         expected = np.log(weights[g.vocab.chars.index(piece)] / weights.sum())
         assert piece.token_logprobs[0] == pytest.approx(expected, abs=1e-5)

@@ -1,16 +1,20 @@
 """The HTTP app over an `Engine`: routes, request parsing, errors, metrics.
 
-    POST /v1/completions   OpenAI-style: prompt, max_tokens, temperature, top_k, seed,
-                           stream (true: text/event-stream chunks, then [DONE])
+    POST /v1/completions   OpenAI-style: prompt, max_tokens, temperature, top_k, top_p,
+                           min_p, seed, stop, logprobs, echo, stream (true:
+                           text/event-stream chunks, then [DONE]), stream_options
     GET  /v1/models        the run being served
     GET  /healthz          liveness and the engine's state
-    GET  /metrics          Prometheus text: active, queued and parked streams, characters/s
+    GET  /metrics          Prometheus (prometheus_client): gauges, counters, latency histograms
     GET  /                 a page that streams into the browser as you watch
 
 The request's fields are checked once, by the engine
 (`charstream.serving.request.check_request`); this layer checks only what is
-HTTP's own (the body is a JSON object, `model`, `n`, `stream`) and maps a
-`RequestError` to a 4xx answer naming its field. Every error, 404 and 405
+HTTP's own (the body is a JSON object, `model`, `stream`, `stream_options`, and
+that no field is silently ignored: OpenAI fields not implemented here are a 400
+unless at their neutral value, unknown fields a 400, and only `user`, which
+cannot change the output, is ignored) and maps a `RequestError` to a 4xx answer
+naming its field. Every error, 404 and 405
 included, is JSON in OpenAI's shape. More requests than rows queue up to the
 engine's bound, then get 429 with Retry-After. The bounds on bodies, writes,
 hosts and connections are `charstream.serving.http`'s. Starlette is imported
@@ -27,35 +31,84 @@ from pathlib import Path
 
 from .engine import Engine, QueueFull, ShuttingDown
 from .http import EventStream, HostCheck, HttpLimits, json_error, read_json, until_disconnected
+from .metrics import Metrics, Timing
 from .request import RequestError, shown
+from ..streaming.sampling import Piece
 
 PAGE = Path(__file__).with_name("page.html")
 # The fields a completion request may set, with their defaults; prompt is the
-# engine's `prime`.
+# engine's `prime`. The engine checks their values.
 DEFAULTS = {"prompt": "", "max_tokens": 16, "temperature": 1.0, "top_k": None, "seed": None,
-            "stream": False}
+            "top_p": 1.0, "min_p": 0.0, "stop": None, "logprobs": None, "echo": False}
+# HTTP's own: checked here.
+OWN = ("model", "n", "stream", "stream_options")
+# OpenAI fields this server does not implement: accepted only at the value that
+# changes nothing, a 400 naming the field otherwise.
+NEUTRAL = {"n": 1, "best_of": 1, "suffix": "", "logit_bias": {}, "presence_penalty": 0,
+           "frequency_penalty": 0, "repetition_penalty": 1}
+# Fields that cannot change the output: ignored.
+IGNORED = ("user",)
 
 
 def parse_completion(body, model: str) -> dict:
     """The request's fields with their defaults, HTTP's own checked (the engine
-    checks the rest); RequestError naming the first bad one."""
+    checks the rest); RequestError naming the first bad one, an unknown field
+    and a field this server does not implement included."""
     if not isinstance(body, dict):
         raise RequestError(None, f"the body must be a JSON object, got {type(body).__name__}")
+    for name, value in body.items():
+        _known(name, value)
     req = {**DEFAULTS, **{k: body[k] for k in DEFAULTS if k in body and body[k] is not None}}
     if "model" in body and body["model"] != model:
         raise RequestError("model", f"model {str(body['model'])[:80]!r} does not exist; this "
                            f"server serves {model!r}", status=404, code="model_not_found")
-    n = body.get("n", 1)
-    if n is not None and (isinstance(n, bool) or n != 1):
-        raise RequestError("n", f"n must be 1 (one completion per request), got {shown(n)}")
+    req["stream"] = body.get("stream") or False
     if not isinstance(req["stream"], bool):
-        raise RequestError("stream", f"stream must be true or false, got {req['stream']!r:.80}")
+        raise RequestError("stream", f"stream must be true or false, got {shown(req['stream'])}")
+    req["include_usage"] = _include_usage(body.get("stream_options"), req["stream"])
     return req
 
 
-def _chunk(cid: str, created: int, model: str, text: str, finish) -> dict:
+def _known(name, value) -> None:
+    if name in DEFAULTS or name in IGNORED or name in ("model", "stream", "stream_options"):
+        return
+    if name in NEUTRAL:
+        if value is not None and (isinstance(value, bool) or value != NEUTRAL[name]):
+            raise RequestError(name, f"{name} must be {json.dumps(NEUTRAL[name])} or null "
+                               f"(this server does not implement other values), got "
+                               f"{shown(value)}")
+        return
+    raise RequestError(name, f"unknown field {shown(name)}; docs/serving.md lists the fields "
+                       f"this server takes")
+
+
+def _include_usage(options, stream: bool) -> bool:
+    if options is None:
+        return False
+    if not stream:
+        raise RequestError("stream_options", "stream_options is only allowed with stream: true")
+    if not isinstance(options, dict) or set(options) - {"include_usage"}:
+        raise RequestError("stream_options", f"stream_options must be "
+                           f"{{\"include_usage\": true|false}}, got {shown(options)}")
+    flag = options.get("include_usage", False)
+    if not isinstance(flag, bool):
+        raise RequestError("stream_options", f"stream_options.include_usage must be true or "
+                           f"false, got {shown(flag)}")
+    return flag
+
+
+def _chunk(cid: str, created: int, model: str, text: str, finish, logprobs=None) -> dict:
     return {"id": cid, "object": "text_completion", "created": created, "model": model,
-            "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]}
+            "choices": [{"text": text, "index": 0, "logprobs": logprobs,
+                         "finish_reason": finish}]}
+
+
+def _logprobs(piece, offset: int) -> dict:
+    """OpenAI's completions logprobs for `piece` (a `Piece`), whose first
+    character is at `offset` of the whole answer: characters are the tokens."""
+    return {"tokens": list(piece), "token_logprobs": piece.token_logprobs,
+            "top_logprobs": piece.top_logprobs,
+            "text_offset": list(range(offset, offset + len(piece)))}
 
 
 async def completions(request):
@@ -67,8 +120,9 @@ async def completions(request):
     engine, model = state.engine, state.model
     try:
         req = parse_completion(await read_json(request, state.limits), model)
-        job = engine.submit(req["prompt"], req["max_tokens"], req["temperature"],
-                            req["top_k"], req["seed"])
+        job = engine.submit(req["prompt"], req["max_tokens"], req["temperature"], req["top_k"],
+                            req["seed"], top_p=req["top_p"], min_p=req["min_p"],
+                            stop=req["stop"], logprobs=req["logprobs"], echo=req["echo"])
     except ClientDisconnect:                  # left mid-upload: nobody to answer
         return Response(status_code=400)
     except RequestError as err:
@@ -78,34 +132,69 @@ async def completions(request):
                           headers={"Retry-After": "1"})
     except ShuttingDown as err:
         return json_error(503, str(err))
-    cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    answer = _Answer(job, model, Timing(state.metrics, job))
     if req["stream"]:
-        return EventStream(_events(job, engine, cid, created, model), state.limits.write_timeout)
-    text = await until_disconnected(request.receive, _collect(job))
-    if text is None:                          # the client left: its generation was cancelled
+        return EventStream(_events(answer, engine, req["include_usage"]),
+                           state.limits.write_timeout)
+    pieces = await until_disconnected(request.receive, _collect(job))
+    if pieces is None:                        # the client left: its generation was cancelled
         return Response(status_code=400)
     if job.finish_reason == "error":
         return json_error(500, f"the engine failed ({engine.failure})", code="engine_error")
-    usage = {"prompt_tokens": job.prime_chars, "completion_tokens": len(text),
-             "total_tokens": job.prime_chars + len(text)}
-    return JSONResponse({**_chunk(cid, created, model, text, job.finish_reason), "usage": usage})
+    answer.timing.chunk()
+    answer.timing.done()
+    return JSONResponse({**answer.chunk(_whole(pieces), job.finish_reason), "usage": job.usage})
 
 
-async def _collect(job) -> str:
-    return "".join([chunk async for chunk in job.chunks()])
+async def _collect(job) -> list:
+    return [chunk async for chunk in job.chunks()]
 
 
-async def _events(job, engine, cid: str, created: int, model: str):
+def _whole(pieces: list) -> str:
+    """The pieces as one (a `Piece` when they carry log-probabilities)."""
+    if pieces and isinstance(pieces[0], Piece):
+        return Piece("".join(pieces), [v for p in pieces for v in p.token_logprobs],
+                     [t for p in pieces for t in p.top_logprobs])
+    return "".join(pieces)
+
+
+class _Answer:
+    """What every chunk of one answer shares, and where its text has got to."""
+
+    def __init__(self, job, model: str, timing: Timing):
+        self.job, self.model, self.timing = job, model, timing
+        self.id, self.created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        self.offset = 0
+
+    def chunk(self, text: str, finish=None) -> dict:
+        logprobs = None
+        if isinstance(text, Piece):
+            logprobs = _logprobs(text, self.offset)
+        elif self.job.checked.logprobs is not None:     # the last, empty chunk
+            logprobs = _logprobs(Piece("", [], []), self.offset)
+        self.offset += len(text)
+        return _chunk(self.id, self.created, self.model, str(text), finish, logprobs)
+
+
+async def _events(answer: _Answer, engine, include_usage: bool):
     """The stream's frames: its text as it comes, a last chunk with the finish
-    reason (or an error event naming the engine's failure), then `[DONE]`."""
+    reason (or an error event naming the engine's failure), the usage chunk when
+    asked for, then `[DONE]`."""
+    job = answer.job
     async for text in job.chunks():
-        yield f"data: {json.dumps(_chunk(cid, created, model, text, None))}\n\n"
+        answer.timing.chunk()
+        yield f"data: {json.dumps(answer.chunk(text))}\n\n"
     if job.finish_reason == "error":
         error = {"message": f"the engine failed ({engine.failure})", "type": "server_error",
                  "param": None, "code": "engine_error"}
         yield f"data: {json.dumps({'error': error})}\n\n"
     else:
-        yield f"data: {json.dumps(_chunk(cid, created, model, '', job.finish_reason))}\n\n"
+        answer.timing.done()
+        yield f"data: {json.dumps(answer.chunk('', job.finish_reason))}\n\n"
+        if include_usage:
+            usage = {**_chunk(answer.id, answer.created, answer.model, "", None),
+                     "choices": [], "usage": job.usage}
+            yield f"data: {json.dumps(usage)}\n\n"
     yield "data: [DONE]\n\n"
 
 
@@ -128,10 +217,10 @@ async def healthz(request):
 
 
 async def metrics(request):
-    from starlette.responses import PlainTextResponse
+    from starlette.responses import Response
 
-    return PlainTextResponse(prometheus(request.app.state.engine),
-                             media_type="text/plain; version=0.0.4")
+    body, content_type = request.app.state.metrics.text()
+    return Response(body, media_type=content_type)
 
 
 async def page(request):
@@ -182,24 +271,5 @@ def create_app(engine: Engine, model: str, limits: HttpLimits | None = None,
         exception_handlers={HTTPException: _http_error})
     app.state.engine, app.state.model, app.state.started = engine, model, int(time.time())
     app.state.limits = limits or HttpLimits()
+    app.state.metrics = Metrics(engine)
     return app
-
-
-def prometheus(engine: Engine) -> str:
-    """The engine's state in Prometheus's text format."""
-    s = engine.stats()
-    rows = [("active_streams", "gauge", "Streams the engine steps now.", s["active"]),
-            ("queued_streams", "gauge", "Requests waiting for a row.", s["queued"]),
-            ("parked_streams", "gauge", "Streams paused for a reader that fell behind.",
-             s["parked"]),
-            ("max_streams", "gauge", "Rows of the batch.", s["max_streams"]),
-            ("characters_per_second", "gauge", "Characters produced per second, last 5 s.",
-             round(s["characters_per_second"], 1)),
-            ("characters_total", "counter", "Characters produced.", s["characters"]),
-            ("requests_total", "counter", "Requests accepted.", s["requests"]),
-            ("ticks_total", "counter", "Batched native steps run.", s["ticks"])]
-    out = []
-    for name, kind, help_text, value in rows:
-        out += [f"# HELP charstream_{name} {help_text}", f"# TYPE charstream_{name} {kind}",
-                f"charstream_{name} {value}"]
-    return "\n".join(out) + "\n"

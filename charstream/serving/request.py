@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import time
 
 import numpy as np
 
@@ -90,7 +91,8 @@ def check_request(limits: Limits, vocab: Vocabulary, reduce: bool, prime="",
                               ("top_p", top_p, (int, float)), ("min_p", min_p, (int, float)),
                               ("logprobs", logprobs, int)):
         _typed(value, name, kind)
-    _checks.boolean(echo, "echo", error("echo"))
+    if not isinstance(echo, bool):
+        raise RequestError("echo", f"echo must be true or false, got {shown(echo)}")
     if max_tokens != 0 or not echo:   # 0 scores the prompt: echo only
         _checks.positive_int(max_tokens, "max_tokens", error("max_tokens"))
     if max_tokens > limits.max_tokens:
@@ -148,6 +150,8 @@ class Request:
         self.parked_since: float | None = None
         self.saved_state: list | None = None
         self.produced_at_end = 0
+        self.submitted_at = time.monotonic()
+        self.placed_at: float | None = None  # when it got a row
         self.hit_stop = False                # set by the slots: it ended at a stop string
         self.echoed = not checked.echo       # the prompt was returned (or is not to be)
 

@@ -302,3 +302,4 @@ def carry_out(slots: Slots, decision) -> None:
         req.saved_state = None
     for req in decision.place:
         req.slot = slots.place(req, req.ids, req.checked, req.draws)
+        req.placed_at = time.monotonic()
