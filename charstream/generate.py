@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "newline)")
     parser.add_argument("--seed", type=int, default=None,
                         help="random seed; the same seed gives the same text")
+    parser.add_argument("--save-state", metavar="FILE", default=None,
+                        help="write the stream's state when it ends, to continue it later")
+    parser.add_argument("--load-state", metavar="FILE", default=None,
+                        help="continue the state a --save-state wrote (--prime is read after it)")
     parser.add_argument("--backend", choices=("keras", "native"), default="keras",
                         help="keras: the stateful Keras copy (default); native: the C step "
                              "over stream.npz, which never imports TensorFlow")
@@ -75,10 +79,11 @@ def main(argv=None) -> int:
             print(json.dumps(result, indent=2))
             return 0
         gen = StreamGenerator.load(args.run_dir, backend=args.backend)
+        state = None if args.load_state is None else _read_state(args.load_state)
         stop = None if args.stop is None else [t.replace("\\n", "\n") for t in args.stop]
         chars = gen.stream(prime=args.prime, temperature=args.temperature, seed=args.seed,
                            top_k=args.top_k, max_chars=args.length or None,
-                           top_p=args.top_p, min_p=args.min_p, stop=stop)
+                           top_p=args.top_p, min_p=args.min_p, stop=stop, state=state)
     except _cli.BAD_INPUT as err:
         return _cli.fail(PROG, err)
     out = sys.stdout
@@ -93,11 +98,35 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         out.write("\n")
         out.flush()
+        _save_state(gen, args.save_state)
         return 130
     except BrokenPipeError:
         _quiet_stdout()
+        _save_state(gen, args.save_state)
         return 0
+    _save_state(gen, args.save_state)
     return 0
+
+
+def _read_state(path: str):
+    from .streaming.state import State
+
+    try:
+        with open(path, "rb") as fh:
+            return State.from_bytes(fh.read(1 << 20))
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+def _save_state(gen, path: str | None) -> None:
+    """The stream's state, written to a temporary name and renamed."""
+    if path is None:
+        return
+    from ._io import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(gen.state().to_bytes())
 
 
 if __name__ == "__main__":

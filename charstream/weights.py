@@ -38,6 +38,21 @@ MAX_WEIGHTS = 2 ** 28      # 1 GiB of float32
 MAX_META_BYTES = 1 << 16
 
 
+def fingerprint(weights: dict) -> str:
+    """What identifies a model's weights: the first 16 bytes of the SHA-256 of
+    every array's shape and float32 bytes, in `stream.npz`'s order, as hex.
+    The same for a `stream.npz` and the Keras model it was exported from."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    arrays = [a for layer in weights["lstms"] for a in layer] + list(weights["dense"])
+    for array in arrays:
+        array = np.ascontiguousarray(array, dtype="<f4")
+        digest.update(repr(array.shape).encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:32]
+
+
 class InvalidWeights(ValueError):
     """A `stream.npz` that is not a valid version-1 file; the message names it."""
 

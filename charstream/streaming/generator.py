@@ -23,6 +23,7 @@ from ..data.text import Vocabulary, reduce_text
 from ..run import RunDir
 from .sampling import (MAX_LOGPROBS, Piece, Uniforms, check_max_chars, check_min_p,
                        check_temperature, check_top_k, check_top_p, start_ids)
+from .state import State, StateError
 from .stops import Stops, check_stop, stop_stream
 
 BACKENDS = ("keras", "native")
@@ -107,6 +108,7 @@ class StreamGenerator:
         self.reduce = reduce
         self.batch_size = backend.batch
         self._newline = vocab.chars.find("\n")
+        self._cursor = _Cursor()
         self.reset()
 
     @classmethod
@@ -147,6 +149,32 @@ class StreamGenerator:
     def reset(self) -> None:
         """Return every stream to the zero state."""
         self.backend.reset()
+        self._cursor = _Cursor()
+
+    def state(self) -> State:
+        """The stream's state now: what it has read, and the character it read
+        last if not yet fed (`charstream.streaming.state`). Batch 1."""
+        self._single("state")
+        cursor = self._cursor
+        return State.of(self.backend.get_row(0), cursor.pending, cursor.chars,
+                        self.backend.fingerprint)
+
+    def set_state(self, state: State) -> None:
+        """Continue from `state`: `stream(state=...)` does this first.
+
+        Raises:
+            StateError (a ValueError): for another model's state (naming both
+                fingerprints) or one of other sizes.
+        """
+        self._single("set_state")
+        if not isinstance(state, State):
+            raise StateError(f"expected a State, got {type(state).__name__}")
+        state.check(self.backend.fingerprint)
+        units = [len(h) for h, _ in self.backend.get_row(0)]
+        if state.units != units:
+            raise StateError(f"the state has units {state.units}; this model has {units}")
+        self.backend.set_row(0, [tuple(np.array(a) for a in pair) for pair in state.layers])
+        self._cursor = _Cursor(state.pending, state.chars)
 
     def encode(self, text: str) -> np.ndarray:
         """Ids of `text`, reduced first when the run was trained reduced.
@@ -177,7 +205,7 @@ class StreamGenerator:
         ids = self.encode(char)
         if len(ids) != 1:
             raise ValueError(f"step takes one character, got {char!r}")
-        return self._probs1(int(ids[0]))
+        return self._read(ids)
 
     def feed(self, text: str) -> np.ndarray | None:
         """Advance the state over `text` without sampling.
@@ -186,9 +214,17 @@ class StreamGenerator:
             The distribution after the last character, or None for empty text.
         """
         self._single("feed")
+        return self._read(self.encode(text))
+
+    def _read(self, ids) -> np.ndarray | None:
+        """Feed the pending id, if any, then `ids`: the distribution after them."""
         probs = None
-        for char_id in self.encode(text):
+        if self._cursor.pending >= 0 and len(ids):
+            self._probs1(self._cursor.pending)
+            self._cursor.pending = -1
+        for char_id in ids:
             probs = self._probs1(int(char_id))
+        self._cursor.chars += len(ids)
         return probs
 
     # ------------------------------------------------------------------ generation
@@ -198,7 +234,8 @@ class StreamGenerator:
 
     def stream(self, prime: str = "", temperature: float = 1.0, seed: int | None = None,
                top_k: int | None = None, max_chars: int | None = None, top_p: float = 1.0,
-               min_p: float = 0.0, stop=None, logprobs: int | None = None) -> Iterator[str]:
+               min_p: float = 0.0, stop=None, logprobs: int | None = None,
+               state: State | None = None) -> Iterator[str]:
         """Yield generated characters one by one, lazily, without end unless `max_chars`.
 
         The state is reset and all but the last character of `prime` are fed now;
@@ -226,12 +263,17 @@ class StreamGenerator:
             logprobs: None, or 0 to 5: yield `Piece`s carrying each character's
                 log-probability under the distribution it was sampled from and
                 that many of that distribution's most likely characters.
+            state: continue from this `State` (`state()` of this model) instead
+                of the zero state: the prime is read after what it read, and an
+                empty prime continues from its last character. `state()`
+                follows the stream as it goes (a stop string it produced
+                included).
 
         Raises:
             ValueError: for a prime character the vocabulary cannot represent, a
                 negative or non-finite temperature, `top_k < 1`, `max_chars < 0`,
                 `top_p` outside (0, 1], `min_p` outside [0, 1], a bad `stop` or
-                `logprobs`.
+                `logprobs`; StateError for another model's state.
         """
         self._single("stream")
         temperature, top_k, max_chars = self._check_sampling(temperature, top_k, max_chars)
@@ -242,16 +284,27 @@ class StreamGenerator:
             if logprobs > MAX_LOGPROBS:
                 raise ValueError(f"logprobs must be at most {MAX_LOGPROBS}, got {logprobs}")
         draws = Uniforms(seed)
-        ids = self._prime_ids(prime, draws)
-        self.reset()
+        ids = self.encode(prime)
+        if state is None:
+            self.reset()
+        else:
+            self.set_state(state)
+        cursor = self._cursor
+        if cursor.pending >= 0:        # read the last character before the prime
+            ids = np.concatenate([[cursor.pending], ids]).astype(np.uint8)
+            cursor.chars -= 1
+        else:
+            ids = start_ids(ids, self.vocab.size, self._newline, draws)
+        cursor.pending = -1
         for char_id in ids[:-1]:
             self._probs1(int(char_id))
+        cursor.chars += len(ids)
         if logprobs is None:
             chars = _one_stream(self.backend.step_sample1, self.vocab.chars, int(ids[-1]),
-                                rule, draws, max_chars)
+                                rule, draws, max_chars, cursor)
         else:
             chars = _logprob_stream(self.backend.step_logprobs, self.vocab.chars, int(ids[-1]),
-                                    rule, logprobs, draws, max_chars)
+                                    rule, logprobs, draws, max_chars, cursor)
         return stop_stream(chars, stops) if stops else chars
 
     def _check_sampling(self, temperature, top_k, max_chars):
@@ -307,18 +360,28 @@ class StreamGenerator:
 
 # ----------------------------------------------------------------------------- the loops
 
-def _one_stream(step, chars: str, char_id: int, rule, draws, max_chars) -> Iterator[str]:
+class _Cursor:
+    """Where a single stream is: the id its next step reads first (-1: none) and
+    the characters it has read, that one included."""
+
+    def __init__(self, pending: int = -1, chars: int = 0):
+        self.pending, self.chars = pending, chars
+
+
+def _one_stream(step, chars: str, char_id: int, rule, draws, max_chars,
+                cursor: _Cursor) -> Iterator[str]:
     """Feed `char_id`, then each sampled id: one `step` per character, lazily."""
     temperature, top_k, top_p, min_p = rule
     produced = 0
     while max_chars is None or produced < max_chars:
         char_id = step(char_id, temperature, top_k, next(draws), top_p, min_p)
         produced += 1
+        cursor.pending, cursor.chars = char_id, cursor.chars + 1
         yield chars[char_id]
 
 
 def _logprob_stream(step, chars: str, char_id: int, rule, want: int, draws,
-                    max_chars) -> Iterator[Piece]:
+                    max_chars, cursor: _Cursor) -> Iterator[Piece]:
     """`_one_stream`, each character a `Piece` with its log-probabilities."""
     temperature, top_k, top_p, min_p = rule
     produced = 0
@@ -326,6 +389,7 @@ def _logprob_stream(step, chars: str, char_id: int, rule, want: int, draws,
         char_id, logprob, top = step(char_id, temperature, top_k, next(draws), top_p, min_p,
                                      want)
         produced += 1
+        cursor.pending, cursor.chars = char_id, cursor.chars + 1
         char = chars[char_id]
         alternatives = {chars[k]: v for k, v in top}
         alternatives.setdefault(char, logprob)

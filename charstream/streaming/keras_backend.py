@@ -65,6 +65,31 @@ class KerasBackend:
             for state in layer.states:
                 state.assign(state * keep)
 
+    @property
+    def fingerprint(self) -> str:
+        """The weights' `charstream.weights.fingerprint` (a stream.npz exported
+        from this model has the same)."""
+        from ..model import stream_weights
+        from ..weights import fingerprint
+
+        return fingerprint(stream_weights(self.model))
+
+    def get_row(self, row: int) -> list:
+        """Copies of stream `row`'s state: `[(h, c), ...]` per layer."""
+        return [tuple(self._numpy(state)[row].copy() for state in layer.states)
+                for layer in self._lstms]
+
+    def _numpy(self, variable) -> np.ndarray:
+        return self._tf.convert_to_tensor(variable).numpy()
+
+    def set_row(self, row: int, state: list) -> None:
+        """Give stream `row` a state from `get_row`."""
+        for layer, pair in zip(self._lstms, state):
+            for variable, value in zip(layer.states, pair):
+                full = self._numpy(variable).copy()
+                full[row] = value
+                variable.assign(full)
+
     def probs(self, ids) -> np.ndarray:
         """Feed `ids[b]` to stream b; the `(batch, depth)` float64 next-id distribution."""
         if self._id_tensors is not None:

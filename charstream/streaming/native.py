@@ -41,6 +41,16 @@ class NativeBackend:
         self.depth = self._net.depth
         self.units = self._net.units
         self.flops_per_step = self._net.flops_per_step   # one character, one stream
+        self._fingerprint: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """The weights' `charstream.weights.fingerprint`."""
+        if self._fingerprint is None:
+            from ..weights import fingerprint
+
+            self._fingerprint = fingerprint(self._weights)
+        return self._fingerprint
 
     # ------------------------------------------------------------------ the protocol
 
