@@ -294,3 +294,42 @@ def test_bad_new_fields_name_the_field(trained_run):
         with pytest.raises(ValueError) as info:
             engine.submit("a", **{"max_tokens": 5, **kwargs})
         assert words in str(info.value) and info.value.field == next(iter(kwargs)), kwargs
+
+
+def test_requests_continue_states_as_a_fresh_stream_over_the_whole_text(trained_run, single):
+    # Several stories at once, each continued by request after request from the
+    # state the one before ended with; the text the single stream would give.
+    plans = [[("romeo:", 50), ("", 20), ("\nwhat?", 40)], [("a", 30), ("b", 1), ("", 60)],
+             [("all:\n", 10), ("yes", 70)]]
+
+    async def story(engine, plan, seed):
+        state, texts = None, []
+        for k, (prompt, n) in enumerate(plan):
+            req = engine.submit(prompt, n, 0.9, None, seed + k, state=state,
+                                stop="qqq" if k == 1 else None)
+            texts.append("".join([c async for c in req.chunks()]))
+            state = req.state
+            assert state is not None and req.finish_reason == "length"
+        return texts, state
+
+    async def main():
+        engine = Engine.load(trained_run, max_streams=2, flush=0.001)
+        async with engine:
+            return await asyncio.gather(*(story(engine, p, 10 * i) for i, p in enumerate(plans)))
+
+    for i, (plan, (texts, state)) in enumerate(zip(plans, _run(main()))):
+        whole = ""
+        for k, ((prompt, n), text) in enumerate(zip(plan, texts)):
+            assert text == single.generate(n, prime=whole + prompt, seed=10 * i + k,
+                                           temperature=0.9), (i, k)
+            whole += prompt + text
+        assert state.chars == len(whole)
+        assert state.pending == single.vocab.chars.index(whole[-1])
+
+
+def test_a_state_of_another_model_is_refused(trained_run, raw_run):
+    other = StreamGenerator.load(raw_run, backend="native")
+    other.generate(3, prime="ab")
+    engine = Engine.load(trained_run, max_streams=1)
+    with pytest.raises(ValueError, match="not by the served model"):
+        engine.submit("a", 3, state=other.state())

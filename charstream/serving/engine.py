@@ -55,6 +55,7 @@ from .. import _checks
 from ..data.text import Vocabulary
 from ..streaming.native import NativeBackend
 from ..streaming.sampling import Piece, Uniforms, start_ids
+from ..streaming.state import State, StateError
 from .request import Checked, Limits, Request, check_request
 from .scheduler import Decision, QueueFull, Scheduler
 from .slots import Slots, carry_out
@@ -100,8 +101,10 @@ class Engine:
         self.limits = Limits(max_tokens, max_prime)
         self.max_streams, self.buffer, self.flush = max_streams, buffer, flush
         self.scheduler = Scheduler(max_streams, max_queue, buffer, stall_timeout)
-        slots = Slots(NativeBackend(weights, max_streams, source), max_prime, buffer)
-        self._ticker = _TickLoop(self.scheduler, slots, vocab, flush)
+        net = NativeBackend(weights, max_streams, source)
+        self.fingerprint = net.fingerprint     # of the weights: what sessions are held to
+        slots = Slots(net, max_prime, buffer)
+        self._ticker = _TickLoop(self.scheduler, slots, vocab, flush, self.fingerprint)
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.requests = 0
@@ -184,7 +187,7 @@ class Engine:
     def submit(self, prime: str = "", max_tokens: int = 256, temperature: float = 1.0,
                top_k: int | None = None, seed: int | None = None, *, top_p: float = 1.0,
                min_p: float = 0.0, stop=None, logprobs: int | None = None,
-               echo: bool = False) -> Request:
+               echo: bool = False, state: State | None = None) -> Request:
         """Check and queue a request; it takes a row at the next tick with one free.
 
         Sampling is `StreamGenerator.stream`'s (`temperature`, `top_k`, `top_p`,
@@ -194,13 +197,16 @@ class Engine:
         `echo` returns the prompt (as the model read it, reduced) before the
         completion, with its characters' log-probabilities under the model
         when `logprobs` is given; `max_tokens=0` with `echo` scores the prompt
-        and generates nothing.
+        and generates nothing. `state` continues a `State` (a session's) as
+        `StreamGenerator.stream(state=...)` does, bit for bit; the request's
+        `state` is the one after it.
 
         Raises:
             RequestError (a ValueError): naming a bad field (a prime character the
                 vocabulary cannot represent included).
             QueueFull: every row busy and `max_queue` requests already waiting.
             ShuttingDown: after `shutdown()`.
+            StateError (a ValueError): a state of another model or shape.
         """
         if self.failure:
             raise ShuttingDown(f"the engine failed ({self.failure}); the server is restarting")
@@ -209,12 +215,26 @@ class Engine:
         checked = self.check(prime, max_tokens, temperature, top_k, seed, top_p=top_p,
                              min_p=min_p, stop=stop, logprobs=logprobs, echo=echo)
         draws = Uniforms(checked.seed)
-        ids = start_ids(checked.ids, self.vocab.size, self.vocab.chars.find("\n"), draws)
-        req = Request(self._ticker, checked, ids, draws)
+        if state is not None and state.pending >= 0:   # its last character is read first
+            ids = np.concatenate([[self._checked_state(state).pending], checked.ids])
+        else:
+            if state is not None:
+                self._checked_state(state)
+            ids = start_ids(checked.ids, self.vocab.size, self.vocab.chars.find("\n"), draws)
+        req = Request(self._ticker, checked, ids.astype(np.uint8), draws, state)
         self.scheduler.submit(req)
         self.requests += 1
         self._ticker.wake()
         return req
+
+    def _checked_state(self, state: State) -> State:
+        if not isinstance(state, State):
+            raise StateError(f"expected a State, got {type(state).__name__}")
+        state.check(self.fingerprint, "the served model")
+        units = list(self._ticker.slots.net.units)
+        if state.units != units:
+            raise StateError(f"the state has units {state.units}; this model has {units}")
+        return state
 
     async def stream(self, prime: str = "", max_tokens: int = 256, temperature: float = 1.0,
                      top_k: int | None = None, seed: int | None = None, **options):
@@ -248,8 +268,10 @@ class _TickLoop:
     """The loop between the scheduler and the slots, and the readers' handle
     (`pulse`, `wake`, `read`, `produced`): what a `Request` talks to."""
 
-    def __init__(self, scheduler: Scheduler, slots: Slots, vocab: Vocabulary, flush: float):
+    def __init__(self, scheduler: Scheduler, slots: Slots, vocab: Vocabulary, flush: float,
+                 fingerprint: str):
         self.scheduler, self.slots, self.flush = scheduler, slots, flush
+        self.fingerprint = fingerprint
         self.codes = np.array([ord(c) for c in vocab.chars], dtype="<u4")
         self.chars = vocab.chars
         self.pulse, self._wake = asyncio.Event(), asyncio.Event()
@@ -271,6 +293,17 @@ class _TickLoop:
         if req.slot >= 0 and self.slots.owner[req.slot] is req:
             return int(self.slots.written[req.slot])
         return req.produced_at_end     # its slot went back (or it never had one)
+
+    def state_of(self, req: Request) -> State | None:
+        """The state after a request that ended whole: its row as it was released,
+        the last character sampled still to be read."""
+        if req.end_row is None:
+            return None
+        row, pending = req.end_row
+        start = req.start_state
+        before = 0 if start is None else start.chars - (start.pending >= 0)
+        return State.of(row, pending, before + len(req.ids) + req.produced + req.stop_read,
+                        self.fingerprint)
 
     def read(self, req: Request) -> str:
         """What `req` produced since its last read (a `Piece` when it asked for

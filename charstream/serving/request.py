@@ -138,9 +138,12 @@ class Request:
     `wake()`, `read(request)` and `produced(request)`.
     """
 
-    def __init__(self, handle, checked: Checked, ids: np.ndarray, draws: Uniforms):
+    def __init__(self, handle, checked: Checked, ids: np.ndarray, draws: Uniforms,
+                 start_state=None):
         self._handle = handle
         self.checked, self.ids, self.draws = checked, ids, draws
+        self.start_state = start_state       # a `State` it continues, or None
+        self.end_row = None                  # (row state, pending id) once it ends whole
         self.prime_chars = len(ids)
         self.slot = -1                       # set when placed
         # "length", "stop", "cancelled", "stalled", "shutdown", or "error" (the engine failed)
@@ -152,6 +155,7 @@ class Request:
         self.produced_at_end = 0
         self.submitted_at = time.monotonic()
         self.placed_at: float | None = None  # when it got a row
+        self.stop_read = 0                   # characters of a stop string produced, not returned
         self.hit_stop = False                # set by the slots: it ended at a stop string
         self.echoed = not checked.echo       # the prompt was returned (or is not to be)
 
@@ -172,6 +176,12 @@ class Request:
         """Stop producing; the row and the buffer are freed at the next tick."""
         self.cancelled = True
         self._handle.wake()
+
+    @property
+    def state(self):
+        """The `State` after this request (`charstream.streaming.state`): what a
+        session keeps. None unless it ended whole ("length" or "stop")."""
+        return self._handle.state_of(self)
 
     @property
     def usage(self) -> dict:

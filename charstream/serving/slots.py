@@ -277,6 +277,7 @@ class Slots:
         if found is not None:
             self.written[slot] = self.limit[slot] = end - len(found)
             self.owner[slot].hit_stop = True
+            self.owner[slot].stop_read = len(found)   # the row read it all the same
 
     def ended(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`(done, behind)`: the slots that reached their limit (their prime fed),
@@ -291,6 +292,8 @@ def carry_out(slots: Slots, decision) -> None:
     `slots`, in its order: rows released, parked (their state kept on the
     request), slots freed, parked requests resumed, queued ones placed."""
     for req in decision.release:
+        if req.finish_reason in ("length", "stop"):   # a whole request: its end state
+            req.end_row = (slots.net.get_row(slots.row_of(req.slot)), int(slots.next[req.slot]))
         slots.release_row(req.slot)
     for req in decision.park:
         req.saved_state = slots.park(req.slot)
@@ -302,4 +305,7 @@ def carry_out(slots: Slots, decision) -> None:
         req.saved_state = None
     for req in decision.place:
         req.slot = slots.place(req, req.ids, req.checked, req.draws)
+        if req.start_state is not None:              # continue a stream instead of zeros
+            slots.net.set_row(slots.row_of(req.slot),
+                              [tuple(np.array(a) for a in pair) for pair in req.start_state.layers])
         req.placed_at = time.monotonic()
