@@ -26,6 +26,7 @@ from . import _cli
 from .serving.app import create_app
 from .serving.engine import Engine
 from .serving.http import HttpLimits, guarded_protocol, quiet_uvicorn
+from .serving.sessions import open_store
 
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]", "::1")
 
@@ -54,6 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds a paused stream waits for its client (default: 60)")
     parser.add_argument("--name", default=None,
                         help="the model's name in the API (default: the run directory's name)")
+    kept = parser.add_argument_group("sessions")
+    kept.add_argument("--sessions", default=":memory:", metavar="PATH|redis://HOST:PORT/DB",
+                      help="where sessions are kept: a SQLite file (WAL), ':memory:' (the "
+                      "default: lost at exit), or Redis, shared by several servers")
+    kept.add_argument("--session-ttl", type=float, default=86400.0, metavar="S",
+                      help="a session expires this long after its last request (default: 86400)")
+    kept.add_argument("--max-sessions", type=int, default=100_000, metavar="N",
+                      help="sessions kept at most; the least recently used go first "
+                      "(default: 100000)")
+    kept.add_argument("--sessions-keep-text", action="store_true",
+                      help="keep each session's text too (by default only its state: "
+                      "continuing needs no text)")
     limits = parser.add_argument_group("limits")
     limits.add_argument("--max-body", type=int, default=1 << 20, metavar="BYTES",
                         help="the largest request body; more is 413 (default: 1048576)")
@@ -79,11 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_limits(args) -> None:
     for flag in ("max_streams", "max_tokens", "max_prompt", "buffer", "max_body",
-                 "max_connections", "max_json_depth"):
+                 "max_connections", "max_json_depth", "max_sessions"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be a positive integer, got "
                              f"{getattr(args, flag)}")
-    for flag in ("flush_ms", "stall_timeout", "body_timeout", "header_timeout", "keep_alive"):
+    for flag in ("flush_ms", "stall_timeout", "body_timeout", "header_timeout", "keep_alive",
+                 "session_ttl"):
         if not getattr(args, flag) > 0:
             raise ValueError(f"--{flag.replace('_', '-')} must be a positive number, got "
                              f"{getattr(args, flag)}")
@@ -126,6 +140,8 @@ def main(argv=None) -> int:
                              max_tokens=args.max_tokens, max_prime=args.max_prompt,
                              buffer=args.buffer, flush=args.flush_ms / 1000,
                              stall_timeout=args.stall_timeout)
+        store = open_store(args.sessions, args.session_ttl, args.max_sessions,
+                           args.sessions_keep_text)
     except _cli.BAD_INPUT as err:
         return _cli.fail(PROG, err)
     import uvicorn
@@ -136,7 +152,7 @@ def main(argv=None) -> int:
     hosts = (args.allowed_hosts.split(",") if args.allowed_hosts
              else [*LOOPBACK, args.host])
     app = create_app(engine, model, limits, hosts,
-                     [o for o in args.cors_origins.split(",") if o])
+                     [o for o in args.cors_origins.split(",") if o], store)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
                             timeout_graceful_shutdown=10, http=guarded_protocol(args.header_timeout),
                             timeout_keep_alive=args.keep_alive,

@@ -32,6 +32,7 @@ from pathlib import Path
 from .engine import Engine, QueueFull, ShuttingDown
 from .http import EventStream, HostCheck, HttpLimits, json_error, read_json, until_disconnected
 from .metrics import Metrics, Timing
+from . import sessions
 from .request import RequestError, shown
 from ..streaming.sampling import Piece
 
@@ -66,11 +67,16 @@ def parse_completion(body, model: str) -> dict:
     if not isinstance(req["stream"], bool):
         raise RequestError("stream", f"stream must be true or false, got {shown(req['stream'])}")
     req["include_usage"] = _include_usage(body.get("stream_options"), req["stream"])
+    req["session"] = body.get("session")
+    if req["session"] not in (None, True) and not isinstance(req["session"], str):
+        raise RequestError("session", f"session must be true (start one) or a session id, "
+                           f"got {shown(req['session'])}")
     return req
 
 
 def _known(name, value) -> None:
-    if name in DEFAULTS or name in IGNORED or name in ("model", "stream", "stream_options"):
+    if name in DEFAULTS or name in IGNORED or name in ("model", "stream", "stream_options",
+                                                           "session"):
         return
     if name in NEUTRAL:
         if value is not None and (isinstance(value, bool) or value != NEUTRAL[name]):
@@ -118,32 +124,102 @@ async def completions(request):
 
     state = request.app.state
     engine, model = state.engine, state.model
+    session = None
     try:
         req = parse_completion(await read_json(request, state.limits), model)
+        session = await _Session.open(state, req["session"])
+        if session is not None:
+            session.prompt = req["prompt"]
         job = engine.submit(req["prompt"], req["max_tokens"], req["temperature"], req["top_k"],
                             req["seed"], top_p=req["top_p"], min_p=req["min_p"],
-                            stop=req["stop"], logprobs=req["logprobs"], echo=req["echo"])
-    except ClientDisconnect:                  # left mid-upload: nobody to answer
-        return Response(status_code=400)
-    except RequestError as err:
-        return json_error(err.status, str(err), err.field, err.code)
-    except QueueFull as err:
-        return json_error(429, f"{err}; retry shortly", code="rate_limit_exceeded",
-                          headers={"Retry-After": "1"})
-    except ShuttingDown as err:
-        return json_error(503, str(err))
-    answer = _Answer(job, model, Timing(state.metrics, job))
+                            stop=req["stop"], logprobs=req["logprobs"], echo=req["echo"],
+                            state=None if session is None else session.state)
+    except Exception as err:
+        if session is not None:
+            await session.abandon()
+        if isinstance(err, ClientDisconnect):   # left mid-upload: nobody to answer
+            return Response(status_code=400)
+        if isinstance(err, RequestError):
+            return json_error(err.status, str(err), err.field, err.code)
+        if isinstance(err, QueueFull):
+            return json_error(429, f"{err}; retry shortly", code="rate_limit_exceeded",
+                              headers={"Retry-After": "1"})
+        if isinstance(err, ShuttingDown):
+            return json_error(503, str(err))
+        raise
+    answer = _Answer(job, model, Timing(state.metrics, job), session)
     if req["stream"]:
         return EventStream(_events(answer, engine, req["include_usage"]),
                            state.limits.write_timeout)
-    pieces = await until_disconnected(request.receive, _collect(job))
+    pieces = None
+    try:
+        pieces = await until_disconnected(request.receive, _collect(job))
+    finally:
+        await answer.end(pieces)
     if pieces is None:                        # the client left: its generation was cancelled
         return Response(status_code=400)
     if job.finish_reason == "error":
         return json_error(500, f"the engine failed ({engine.failure})", code="engine_error")
     answer.timing.chunk()
     answer.timing.done()
-    return JSONResponse({**answer.chunk(_whole(pieces), job.finish_reason), "usage": job.usage})
+    return JSONResponse({**answer.chunk(_whole(pieces), job.finish_reason), "usage": job.usage,
+                         **answer.session_field()})
+
+
+class _Session:
+    """A request's session: found (or made), held busy while the request runs,
+    and saved when it ends whole (`charstream.serving.sessions`)."""
+
+    LEASE = 600.0     # seconds a session stays busy if its server dies mid-request
+
+    def __init__(self, store, sid: str, state, new: bool):
+        self.store, self.id, self.state, self.new = store, sid, state, new
+        self.prompt = ""            # kept with the text only under --sessions-keep-text
+
+    @classmethod
+    async def open(cls, app_state, wanted):
+        from ..streaming.state import State, StateError
+
+        if wanted is None:
+            return None
+        store, engine = app_state.sessions, app_state.engine
+        if wanted is True:
+            record = await store.create(engine.fingerprint)
+            await store.acquire(record.id, cls.LEASE)
+            return cls(store, record.id, None, True)
+        record = await store.get(wanted) if sessions.valid_id(wanted) else None
+        if record is None:
+            raise RequestError("session", f"session {shown(wanted)} does not exist (or expired)",
+                               status=404, code="session_not_found")
+        if record.fingerprint != engine.fingerprint:
+            raise RequestError("session", f"session {shown(wanted)} was made with the model "
+                               f"{record.fingerprint}; this server serves {engine.fingerprint}",
+                               status=409, code="session_model_mismatch")
+        if not await store.acquire(record.id, cls.LEASE):
+            raise RequestError("session", f"session {shown(wanted)} is serving another "
+                               f"request; one at a time", status=409, code="session_busy")
+        try:
+            state = None if record.state is None else State.from_bytes(record.state)
+        except StateError as err:
+            await store.release(record.id)
+            raise RequestError("session", f"session {shown(wanted)}: {err}", status=500) from None
+        return cls(store, record.id, state, False)
+
+    async def abandon(self) -> None:
+        """The request never started: a new session goes, an old one is free."""
+        if self.new:
+            await self.store.delete(self.id)
+        else:
+            await self.store.release(self.id)
+
+    async def end(self, job, completion: str) -> None:
+        try:
+            state = job.state
+            if state is not None:
+                await self.store.save(self.id, state.to_bytes(), state.chars,
+                                      self.prompt + completion)
+        finally:
+            await self.store.release(self.id)
 
 
 async def _collect(job) -> list:
@@ -161,10 +237,19 @@ def _whole(pieces: list) -> str:
 class _Answer:
     """What every chunk of one answer shares, and where its text has got to."""
 
-    def __init__(self, job, model: str, timing: Timing):
-        self.job, self.model, self.timing = job, model, timing
+    def __init__(self, job, model: str, timing: Timing, session: _Session | None):
+        self.job, self.model, self.timing, self.session = job, model, timing, session
         self.id, self.created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         self.offset = 0
+        self.texts: list[str] = []
+
+    def session_field(self) -> dict:
+        return {} if self.session is None else {"session": self.session.id}
+
+    async def end(self, pieces) -> None:
+        """Save the session (if any) with what the request read."""
+        if self.session is not None:
+            await self.session.end(self.job, "".join(self.texts if pieces is None else pieces))
 
     def chunk(self, text: str, finish=None) -> dict:
         logprobs = None
@@ -181,21 +266,78 @@ async def _events(answer: _Answer, engine, include_usage: bool):
     reason (or an error event naming the engine's failure), the usage chunk when
     asked for, then `[DONE]`."""
     job = answer.job
-    async for text in job.chunks():
-        answer.timing.chunk()
-        yield f"data: {json.dumps(answer.chunk(text))}\n\n"
+    first = True
+    try:
+        async for text in job.chunks():
+            answer.timing.chunk()
+            answer.texts.append(text)
+            chunk = answer.chunk(text)
+            if first:
+                chunk.update(answer.session_field())
+                first = False
+            yield f"data: {json.dumps(chunk)}\n\n"
+    finally:
+        await answer.end(None)
     if job.finish_reason == "error":
         error = {"message": f"the engine failed ({engine.failure})", "type": "server_error",
                  "param": None, "code": "engine_error"}
         yield f"data: {json.dumps({'error': error})}\n\n"
     else:
         answer.timing.done()
-        yield f"data: {json.dumps(answer.chunk('', job.finish_reason))}\n\n"
+        yield f"data: {json.dumps({**answer.chunk('', job.finish_reason), **answer.session_field()})}\n\n"
         if include_usage:
             usage = {**_chunk(answer.id, answer.created, answer.model, "", None),
                      "choices": [], "usage": job.usage}
             yield f"data: {json.dumps(usage)}\n\n"
     yield "data: [DONE]\n\n"
+
+
+async def _record_of(request):
+    """The session the path names, or a 404 JSON answer."""
+    sid = request.path_params["sid"]
+    record = await request.app.state.sessions.get(sid) if sessions.valid_id(sid) else None
+    if record is None:
+        return None, json_error(404, f"session {shown(sid)} does not exist (or expired)",
+                                "session", "session_not_found")
+    return record, None
+
+
+def _describe(record, model: str) -> dict:
+    out = {"id": record.id, "object": "session", "model": model,
+           "fingerprint": record.fingerprint, "chars": record.chars,
+           "created": record.created, "last_used": record.last_used}
+    if record.text is not None:
+        out["text"] = record.text
+    return out
+
+
+async def session_info(request):
+    """GET /v1/sessions/{id}: its length, model and times; DELETE: forget it."""
+    from starlette.responses import JSONResponse
+
+    store = request.app.state.sessions
+    record, error = await _record_of(request)
+    if error is not None:
+        return error
+    if request.method == "DELETE":
+        if not await store.acquire(record.id, 1.0):
+            return json_error(409, f"session {shown(record.id)} is serving a request",
+                              "session", "session_busy")
+        await store.delete(record.id)
+        return JSONResponse({"id": record.id, "object": "session", "deleted": True})
+    return JSONResponse(_describe(record, request.app.state.model))
+
+
+async def session_fork(request):
+    """POST /v1/sessions/{id}/fork: a new session with the same state."""
+    from starlette.responses import JSONResponse
+
+    record, error = await _record_of(request)
+    if error is not None:
+        return error
+    copy = await request.app.state.sessions.create(record.fingerprint, record.state,
+                                                   record.chars, record.text)
+    return JSONResponse(_describe(copy, request.app.state.model), status_code=201)
 
 
 async def models(request):
@@ -219,7 +361,9 @@ async def healthz(request):
 async def metrics(request):
     from starlette.responses import Response
 
-    body, content_type = request.app.state.metrics.text()
+    state = request.app.state
+    state.metrics.sessions.set(await state.sessions.count())
+    body, content_type = state.metrics.text()
     return Response(body, media_type=content_type)
 
 
@@ -237,10 +381,12 @@ async def _http_error(request, exc):
 
 
 def create_app(engine: Engine, model: str, limits: HttpLimits | None = None,
-               allowed_hosts=("*",), cors_origins=()):
+               allowed_hosts=("*",), cors_origins=(), store=None):
     """The Starlette application over `engine`, serving the model named `model`.
 
     Args:
+        store: the session store (`charstream.serving.sessions`; default: SQLite
+            in memory, a day's time to live, 100,000 sessions).
         limits: the HTTP layer's bounds (`HttpLimits()` by default).
         allowed_hosts: the `Host` names answered (`*`: any).
         cors_origins: origins a browser may call from (none by default: pages on
@@ -254,8 +400,11 @@ def create_app(engine: Engine, model: str, limits: HttpLimits | None = None,
     @contextlib.asynccontextmanager
     async def lifespan(app):
         engine.start()
-        yield
-        await engine.close()
+        try:
+            yield
+        finally:
+            await engine.close()
+            await app.state.sessions.close()
 
     middleware = [Middleware(HostCheck, allowed=allowed_hosts)]
     if cors_origins:
@@ -266,10 +415,13 @@ def create_app(engine: Engine, model: str, limits: HttpLimits | None = None,
                                      allow_headers=["Content-Type", "Authorization"]))
     app = Starlette(routes=[
         Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/sessions/{sid}", session_info, methods=["GET", "DELETE"]),
+        Route("/v1/sessions/{sid}/fork", session_fork, methods=["POST"]),
         Route("/v1/models", models), Route("/healthz", healthz), Route("/metrics", metrics),
         Route("/", page)], lifespan=lifespan, middleware=middleware,
         exception_handlers={HTTPException: _http_error})
     app.state.engine, app.state.model, app.state.started = engine, model, int(time.time())
     app.state.limits = limits or HttpLimits()
-    app.state.metrics = Metrics(engine)
+    app.state.sessions = store or sessions.SqliteStore(":memory:", 86400.0, 100_000)
+    app.state.metrics = Metrics(engine, app.state.sessions)
     return app

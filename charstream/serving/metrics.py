@@ -46,8 +46,8 @@ class _EngineCollector:
 class Metrics:
     """The app's registry: the engine's collector and the HTTP layer's histograms."""
 
-    def __init__(self, engine):
-        from prometheus_client import (CollectorRegistry, Counter, Histogram,
+    def __init__(self, engine, store=None):
+        from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram,
                                        disable_created_metrics)
 
         disable_created_metrics()    # no *_created series: nobody graphs them
@@ -66,6 +66,13 @@ class Metrics:
         self.duration = Histogram(
             "charstream_request_duration_seconds", "Time from submission to the last chunk.",
             buckets=_DURATION, registry=self.registry)
+        self.sessions = Gauge("charstream_sessions", "Sessions kept (set at each scrape).",
+                              registry=self.registry)
+        if store is not None:
+            Gauge("charstream_session_ttl_seconds", "Sessions expire this long after last use.",
+                  registry=self.registry).set(store.ttl)
+            Gauge("charstream_max_sessions", "Sessions kept at most (least recently used go).",
+                  registry=self.registry).set(store.max_sessions)
         self.finished = Counter(
             "charstream_finished_requests", "Requests finished, by finish_reason.",
             ["finish_reason"], registry=self.registry)
