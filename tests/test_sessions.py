@@ -221,3 +221,31 @@ def test_no_prompt_text_is_kept_unless_asked(trained_run, tmp_path):
         stored = b"".join(p.read_bytes() for p in tmp_path.glob(path.name + "*"))
         assert (secret.encode() in stored) == keep
         assert ("text" in info and info["text"].startswith(secret)) == keep
+
+
+def test_the_pages_continue_button_continues_the_same_session(trained_run, single, tmp_path):
+    from test_serve import _browser
+
+    with serving(trained_run, "--sessions", str(tmp_path / "page.db")) as server:
+        browser = _browser()
+        try:
+            browser.set_page_load_timeout(30)
+            browser.get(f"http://127.0.0.1:{server.port}/")
+            for field, value in (("prompt", "romeo:"), ("seed", "4"), ("max_tokens", "60")):
+                box = browser.find_element("id", field)
+                box.clear()
+                box.send_keys(value)
+            browser.find_element("id", "start").click()
+            status = browser.find_element("id", "status")
+            wait_for(lambda: "60 characters (length)" in status.text, timeout=60)
+            more = browser.find_element("id", "continue")
+            wait_for(more.is_enabled, timeout=10)
+            more.click()
+            wait_for(lambda: "60 characters (length)" in status.text and more.is_enabled(),
+                     timeout=60)
+            shown = browser.execute_script("return document.getElementById('output').textContent")
+        finally:
+            browser.quit()
+    first = single.generate(60, prime="romeo:", seed=4, temperature=0.8)
+    second = single.generate(60, prime="romeo:" + first, seed=4, temperature=0.8)
+    assert shown == "romeo:" + first + second
