@@ -24,6 +24,7 @@ _LAZY = {
     "WindowBatches": ".training.batches",
     "StreamBatches": ".training.batches",
     "StreamGenerator": ".streaming.generator",
+    "State": ".streaming.state",
     "evaluate_stream": ".streaming.evaluate",
     "Engine": ".serving.engine",
 }
