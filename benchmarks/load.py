@@ -14,6 +14,18 @@ batch N on the same model (no HTTP, no scheduling): their ratio is what the
 server keeps of the native step. Every finished response is checked against the
 single stream of its seed (`StreamGenerator.load(run, backend="native")`).
 
+The server's and the clients' CPU seconds over the run are read from /proc
+(`utime + stime` of the server process and its threads; the benchmark's own).
+
+**Human-speed profile** (`--human N [N ...]`): N clients each open one long
+stream and read it as a person would, 30 characters a second (checked every
+250 ms: a reader that wants its next 7-8 characters takes what has arrived, and
+waits if there is not enough). Reported per N: the p99 of the readers' waits
+(a wait: the time from wanting characters to having them; 0 when they were
+there) and how many texts equal their seed's single stream (the prefix read).
+The largest N with p99 wait <= 250 ms and every text equal is what one process
+holds. The benchmark raises its file-descriptor limit to the hard limit.
+
 Without --run the model is the default LSTM(128) with random weights (the speed
 does not depend on the weights), written to a temporary run directory.
 Clients and server share this machine's cores, so the figures are a floor.
@@ -23,6 +35,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -125,6 +139,93 @@ async def load(port: int, clients: int, seconds: float, tokens: int):
     return crowd, elapsed
 
 
+def cpu_seconds(pid: int | None = None) -> float:
+    """utime + stime of a process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid or os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_server(run: Path, port: int, *options: str) -> subprocess.Popen:
+    server = subprocess.Popen([sys.executable, "-m", "charstream.serve", str(run), "--port",
+                               str(port), *options], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 1).close()
+            return server
+        except OSError:
+            assert time.monotonic() < deadline and server.poll() is None
+            time.sleep(0.1)
+
+
+class Reader:
+    """A person reading one stream at `rate` characters a second."""
+
+    def __init__(self, port: int, index: int, rate: float = 30.0, every: float = 0.25):
+        self.port, self.seed, self.rate, self.every = port, 50_000 + index, rate, every
+        self.waits: list[float] = []
+        self.text = ""
+
+    async def run(self, seconds: float) -> None:
+        body = json.dumps({"prompt": PRIME, "max_tokens": int(self.rate * seconds) + 200,
+                           "seed": self.seed, "stream": True}).encode()
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                     b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await reader.readuntil(b"\r\n\r\n")
+        parts, pending, have = [], b"", 0
+        started = time.monotonic()
+        try:
+            while (now := time.monotonic()) - started < seconds:
+                wanted = int(self.rate * (now - started)) + 1
+                waited_from = None
+                while have < wanted:                 # read only what the person wants
+                    waited_from = waited_from or time.monotonic()
+                    size = int((await reader.readline()).strip(), 16)
+                    pending += (await reader.readexactly(size + 2))[:-2]
+                    *events, pending = pending.split(b"\n\n")
+                    for event in events:
+                        if event.startswith(b"data: {"):
+                            text = json.loads(event[6:])["choices"][0]["text"]
+                            parts.append(text)
+                            have += len(text)
+                self.waits.append(0.0 if waited_from is None else time.monotonic() - waited_from)
+                await asyncio.sleep(self.every)
+        finally:
+            writer.close()
+        self.text = "".join(parts)
+
+
+def human(run: Path, clients: int, seconds: float) -> str:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    port = free_port()
+    server = start_server(run, port, "--max-streams", str(clients), "--max-queue", "0",
+                          "--max-connections", str(clients + 100))
+    try:
+        cpu_before = cpu_seconds(server.pid)
+        readers = [Reader(port, k) for k in range(clients)]
+
+        async def crowd():
+            await asyncio.gather(*(r.run(seconds) for r in readers))
+        asyncio.run(crowd())
+        server_cpu = cpu_seconds(server.pid) - cpu_before
+    finally:
+        server.terminate()
+        server.wait(30)
+    from charstream import StreamGenerator
+
+    gen = StreamGenerator.load(run, backend="native", batch_size=clients)
+    longest = max(len(r.text) for r in readers)
+    rows = gen.stream_batch([PRIME] * clients, seeds=[r.seed for r in readers],
+                            max_chars=longest)
+    columns = ["".join(chars) for chars in zip(*rows)]
+    good = sum(r.text == columns[k][:len(r.text)] for k, r in enumerate(readers))
+    waits = [w for r in readers for w in r.waits]
+    return (f"| {clients} | {pct(waits, 0.5) * 1e3:.0f} ms | {pct(waits, 0.99) * 1e3:.0f} ms "
+            f"| {max(waits) * 1e3:.0f} ms | {server_cpu / seconds:.2f} | {good} of {clients} |")
+
+
 def in_process_rate(run: Path, batch: int, steps: int = 400) -> float:
     from charstream import StreamGenerator
 
@@ -154,19 +255,12 @@ def pct(values, q) -> float:
 
 def measure(run: Path, clients: int, seconds: float, tokens: int) -> str:
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "charstream.serve", str(run), "--port",
-                               str(port), "--max-streams", str(clients), "--max-queue",
-                               str(clients)], stdout=subprocess.DEVNULL)
+    server = start_server(run, port, "--max-streams", str(clients), "--max-queue", str(clients))
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), 1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None
-                time.sleep(0.1)
+        cpu_server, cpu_clients = cpu_seconds(server.pid), cpu_seconds()
         crowd, elapsed = asyncio.run(load(port, clients, seconds, tokens))
+        cpu_server = cpu_seconds(server.pid) - cpu_server
+        cpu_clients = cpu_seconds() - cpu_clients
     finally:
         server.terminate()
         server.wait(30)
@@ -178,7 +272,8 @@ def measure(run: Path, clients: int, seconds: float, tokens: int) -> str:
     rate = chars / elapsed
     return (f"| {clients} | {rate:,.0f} | {statistics.median(ttfc) * 1e3:.0f} ms "
             f"| {pct(ttfc, 0.99) * 1e3:.0f} ms | {pct(gaps, 0.99) * 1e3:.0f} ms | {local:,.0f} "
-            f"| {rate / local:.2f} | {good} of {total} |")
+            f"| {rate / local:.2f} | {cpu_server / elapsed:.2f} | {cpu_clients / elapsed:.2f} "
+            f"| {good} of {total} |")
 
 
 def main() -> None:
@@ -188,6 +283,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--tokens", type=int, default=2000,
                         help="characters per completion (default: 2000)")
+    parser.add_argument("--human", type=int, nargs="*", default=None, metavar="N",
+                        help="run the human-speed profile for these reader counts instead")
     args = parser.parse_args()
     try:
         import uvloop
@@ -196,9 +293,17 @@ def main() -> None:
         pass
     with tempfile.TemporaryDirectory() as tmp:
         run = args.run or make_run(Path(tmp))
+        if args.human is not None:
+            print("| readers at 30 chars/s | wait p50 | wait p99 | longest wait "
+                  "| server CPU (cores) | texts equal |")
+            print("|---|---|---|---|---|---|")
+            for clients in args.human or [500, 1000, 2000]:
+                print(human(run, clients, args.seconds), flush=True)
+            return
         print("| clients | characters/s | first character p50 | p99 | longest gap p99 "
-              "| in-process stream_batch chars/s | HTTP / in-process | texts equal |")
-        print("|---|---|---|---|---|---|---|---|")
+              "| in-process stream_batch chars/s | HTTP / in-process | server CPU (cores) "
+              "| clients CPU (cores) | texts equal |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for clients in args.clients:
             print(measure(run, clients, args.seconds, args.tokens), flush=True)
 
