@@ -21,7 +21,12 @@ the single stream's), and it draws its own uniforms
 
 Output: each request owns a ring of `buffer` ids that the tick writes and its
 reader drains. Readers wake on a shared pulse, every `flush` seconds while
-anything runs, so a tick's characters for one client travel together. A reader
+anything runs, so a tick's characters for one client travel together. The pulse
+adapts to load: beyond `PULSE_READERS` active streams it grows in proportion
+(each event carries more characters, and the events a second stay about
+`PULSE_READERS / flush`), never above `MAX_PULSE` (100 ms). A new request's
+first characters are not held for the pulse: the tick that produces them wakes
+the readers at once. A reader
 that falls `buffer` characters behind (a client that stopped reading) is parked:
 its state is saved and its row freed, so it costs the others nothing; it
 resumes when it reads again, and is cancelled ("stalled") after `stall_timeout`
@@ -47,6 +52,7 @@ import collections
 import concurrent.futures
 import logging
 import os
+import threading
 import time
 
 import numpy as np
@@ -63,6 +69,11 @@ from .slots import Slots, carry_out
 __all__ = ["Engine", "QueueFull", "Request", "ShuttingDown"]
 
 log = logging.getLogger("charstream.serve")
+
+# The pulse: `flush` seconds up to this many active streams, then longer in
+# proportion, up to MAX_PULSE seconds (see `_TickLoop.pulse_interval`).
+PULSE_READERS = 64
+MAX_PULSE = 0.1
 
 
 class ShuttingDown(RuntimeError):
@@ -280,8 +291,10 @@ class _TickLoop:
         self.on_failure = None
         self.ticks = 0
         self.rate = _Rate()
-        self.executor = concurrent.futures.ThreadPoolExecutor(1, "charstream-engine")
+        self.executor = concurrent.futures.ThreadPoolExecutor(
+            1, "charstream-engine", initializer=_lower_priority)
         self._last_pulse = 0.0
+        self._fresh: list[Request] = []      # placed, nothing sent yet
 
     # ------------------------------------------------------------------ the readers' handle
 
@@ -393,14 +406,38 @@ class _TickLoop:
                 continue
             running = slots.running()
             deadline = time.monotonic() + self.flush
+            watch = np.array([r.slot for r in self._fresh if r.slot >= 0], np.int64)
             self.ticks += await loop.run_in_executor(
-                self.executor, slots.work, running, deadline, self._wake.is_set)
+                self.executor, slots.work, running, deadline, self._wake.is_set, watch)
             self.rate.add(slots.produced)
             done, behind = slots.ended(running)
             self.apply(sched.after_tick([slots.owner[s] for s in done],
                                         [slots.owner[s] for s in behind], time.monotonic()))
-            if time.monotonic() - self._last_pulse >= self.flush:
+            self._wake_first()
+            if time.monotonic() - self._last_pulse >= self.pulse_interval():
                 self.broadcast()
+
+    def pulse_interval(self) -> float:
+        """Seconds between pulses: `flush` up to `PULSE_READERS` active streams,
+        then longer in proportion (each pulse carries more), so the events a
+        second stop growing with the clients; never above `MAX_PULSE`."""
+        readers = self.slots.active
+        return min(MAX_PULSE, self.flush * max(1.0, readers / PULSE_READERS))
+
+    def _wake_first(self) -> None:
+        """Wake the readers of requests whose first characters now exist: they
+        go at once, not at the next pulse (that decides the first-character
+        latency), and only those readers wake."""
+        fresh, slots = self._fresh, self.slots
+        if not fresh:
+            return
+        ready = [req for req in fresh if req.done or req.slot < 0
+                 or slots.written[req.slot] > 0 or (req.checked.echo
+                                                    and slots.feed_left[req.slot] == 0)]
+        for req in ready:
+            req.first_ready.set()
+        if ready:
+            self._fresh = [req for req in fresh if not req.first_ready.is_set()]
 
     async def _sleep(self, timeout: float | None) -> None:
         """Until woken or `timeout` passes. (Not `asyncio.wait_for`: on Python 3.11
@@ -415,16 +452,35 @@ class _TickLoop:
     def apply(self, decision: Decision) -> None:
         """Have the slots carry a scheduler's decision out, then wake who must wake."""
         carry_out(self.slots, decision)
+        self._fresh.extend(decision.place)
         if decision.free:
             self._wake.set()  # a waiting request may take a slot
         if decision.ended:
             self.broadcast()
 
     def broadcast(self) -> None:
-        """Wake every reader: the pulse is set and a fresh one takes its place."""
+        """Wake every reader: the pulse is set and a fresh one takes its place
+        (and those still waiting for their first text are checked)."""
         pulse, self.pulse = self.pulse, asyncio.Event()
         self._last_pulse = time.monotonic()
         pulse.set()
+        if self._fresh:
+            self._wake_first()
+
+
+# The niceness of the compute thread (and the OpenMP threads it starts, which
+# inherit it): the event loop must answer sockets at once while the C step fills
+# every core; at 0 a new request's first character waited ~4x longer at 256
+# clients on 2 cores (benchmarks/load.py).
+COMPUTE_NICE = 10
+
+
+def _lower_priority() -> None:
+    """Run in the engine's worker thread: Linux's niceness is per thread."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), COMPUTE_NICE)
+    except (AttributeError, OSError):  # not Linux, or not allowed: same speed, more latency
+        pass
 
 
 def _joined(head: str, text: str) -> str:

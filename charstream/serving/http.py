@@ -150,7 +150,8 @@ class EventStream:
         await send({"type": "http.response.start", "status": 200, "headers": self.HEADERS})
         async for frame in self.frames:
             self._sending_since = loop.time()
-            await send({"type": "http.response.body", "body": frame.encode(), "more_body": True})
+            body = frame if isinstance(frame, bytes) else frame.encode()
+            await send({"type": "http.response.body", "body": body, "more_body": True})
             self._sending_since = None
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 

@@ -8,6 +8,7 @@ their JSON type too (`true` is not an integer), since they come from clients.
 from __future__ import annotations
 
 import dataclasses
+import asyncio
 import functools
 import json
 import time
@@ -130,6 +131,15 @@ def _spelled(stops: tuple, vocab: Vocabulary) -> tuple:
     return tuple(spelled)
 
 
+async def _either(a: asyncio.Event, b: asyncio.Event) -> None:
+    waiters = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
 class Request:
     """One stream's place in the engine. Read it with `chunks()` or the engine's
     `stream()`; `cancel()` frees its row at the next tick.
@@ -153,6 +163,8 @@ class Request:
         self.parked_since: float | None = None
         self.saved_state: list | None = None
         self.produced_at_end = 0
+        self.sent_any = False
+        self.first_ready = asyncio.Event()   # set when its first text exists (or it ends)
         self.submitted_at = time.monotonic()
         self.placed_at: float | None = None  # when it got a row
         self.stop_read = 0                   # characters of a stop string produced, not returned
@@ -203,10 +215,15 @@ class Request:
                 pulse = self._handle.pulse
                 text = self.read()
                 if text:
+                    self.sent_any = True
                     yield text
                 elif self.done:
                     return
-                else:
+                elif self.sent_any:
                     await pulse.wait()
+                else:
+                    # Until its first text, a reader also waits on its own event:
+                    # the tick that makes that text wakes it alone, at once.
+                    await _either(pulse, self.first_ready)
         finally:  # a reader that leaves early lets go of everything
             self.cancel()

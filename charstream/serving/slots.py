@@ -192,10 +192,12 @@ class Slots:
 
     # ------------------------------------------------------------------ ticks
 
-    def work(self, slots: np.ndarray, deadline: float, interrupted) -> int:
+    def work(self, slots: np.ndarray, deadline: float, interrupted,
+             watch: np.ndarray | None = None) -> int:
         """Tick the rows of `slots` (the active rows, in order) until one of them
-        reaches its limit (or a stop string) or would overwrite unread ids,
-        `deadline` passes, or `interrupted()`. Runs in the worker thread: readers
+        reaches its limit (or a stop string) or would overwrite unread ids, a
+        slot of `watch` (those whose readers wait for a first character) writes
+        one, `deadline` passes, or `interrupted()`. Runs in the worker thread: readers
         may drain meanwhile (an id is written before it is counted, and a row
         stops before it would overwrite what is unread). Returns the ticks run."""
         n, ticks = len(slots), 0
@@ -232,6 +234,7 @@ class Slots:
             written = self.written[slots]
             if (((self.feed_left[slots] == 0) & (written >= self.limit[slots])).any()
                     or (written - self.read[slots] >= self.buffer).any()
+                    or (watch is not None and len(watch) and (self.written[watch] > 0).any())
                     or time.monotonic() >= deadline or interrupted()):
                 return ticks
 
