@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import resource
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -53,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "pauses (default: 65536)")
     parser.add_argument("--stall-timeout", type=float, default=60.0,
                         help="seconds a paused stream waits for its client (default: 60)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="server processes, each with its own engine, sharing the port "
+                        "(SO_REUSEPORT) and --sessions (a file or redis://) (default: 1)")
     parser.add_argument("--name", default=None,
                         help="the model's name in the API (default: the run directory's name)")
     kept = parser.add_argument_group("sessions")
@@ -67,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     kept.add_argument("--sessions-keep-text", action="store_true",
                       help="keep each session's text too (by default only its state: "
                       "continuing needs no text)")
+    parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     limits = parser.add_argument_group("limits")
     limits.add_argument("--max-body", type=int, default=1 << 20, metavar="BYTES",
                         help="the largest request body; more is 413 (default: 1048576)")
@@ -103,6 +108,11 @@ def _check_limits(args) -> None:
                              f"{getattr(args, flag)}")
     if not 1 <= args.port <= 65535:
         raise ValueError(f"--port must be in [1, 65535], got {args.port}")
+    if args.workers < 1:
+        raise ValueError(f"--workers must be a positive integer, got {args.workers}")
+    if args.workers > 1 and args.sessions == ":memory:":
+        raise ValueError("--workers above 1 needs a --sessions store the processes share "
+                         "(a SQLite file or redis://...): each would have its own in memory")
 
 
 def _raise_file_limit() -> None:
@@ -127,7 +137,53 @@ def _server(config, engine: Engine):
     return Server(config)
 
 
+def _listen(host: str, port: int, reuse: bool) -> socket.socket:
+    """The listening socket; with `reuse`, several processes bind the port and
+    the kernel spreads new connections among them (SO_REUSEPORT)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _supervise(argv: list[str], workers: int) -> int:
+    """Run `workers` copies of this server on one port; forward SIGTERM and
+    SIGINT to them; exit with the first non-zero status (a worker whose engine
+    failed exits 1, and the others are stopped, for a process manager)."""
+    import os
+    import subprocess
+    import time
+
+    threads = max(1, (os.cpu_count() or 1) // workers)   # the cores, shared out
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
+    children = [subprocess.Popen([sys.executable, "-m", "charstream.serve", *argv,
+                                  "--workers", "1", "--reuse-port"], env=env)
+                for _ in range(workers)]
+
+    def forward(sig, _frame):
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(sig)
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    while any(child.poll() is None for child in children):
+        for child in children:
+            code = child.poll()
+            if code not in (None, 0) and not status:
+                status = code
+                forward(signal.SIGTERM, None)
+        time.sleep(0.2)
+    return status
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
         import uvicorn  # noqa: F401
@@ -136,6 +192,9 @@ def main(argv=None) -> int:
         return _cli.fail(PROG, f"the server needs its extra: pip install \"charstream[serve]\" ({err})")
     try:
         _check_limits(args)
+        if args.workers > 1:
+            Engine.load(args.run_dir, max_streams=1)   # refuse a bad run before forking
+            return _supervise([a for a in argv], args.workers)
         engine = Engine.load(args.run_dir, max_streams=args.max_streams, max_queue=args.max_queue,
                              max_tokens=args.max_tokens, max_prime=args.max_prompt,
                              buffer=args.buffer, flush=args.flush_ms / 1000,
@@ -158,6 +217,10 @@ def main(argv=None) -> int:
                             timeout_keep_alive=args.keep_alive,
                             limit_concurrency=args.max_connections)
     server = _server(config, engine)
+    try:
+        sock = _listen(args.host, args.port, args.reuse_port)
+    except OSError as err:
+        return _cli.fail(PROG, f"cannot listen on {args.host}:{args.port} ({err})")
     failed = []
 
     def on_failure(failure: str) -> None:  # exit 1, for a process manager to restart it
@@ -176,7 +239,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
     print(f"serving {model} ({engine.max_streams} streams) on http://{args.host}:{args.port}",
           flush=True)
-    server.run()
+    server.run(sockets=[sock])
     return 1 if failed else 0
 
 

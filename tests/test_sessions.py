@@ -249,3 +249,22 @@ def test_the_pages_continue_button_continues_the_same_session(trained_run, singl
     first = single.generate(60, prime="romeo:", seed=4, temperature=0.8)
     second = single.generate(60, prime="romeo:" + first, seed=4, temperature=0.8)
     assert shown == "romeo:" + first + second
+
+
+def test_workers_share_the_port_and_the_sessions(trained_run, single, tmp_path):
+    store = str(tmp_path / "workers.db")
+    server = Server(trained_run, "--workers", "2", "--sessions", store)
+    try:
+        sid, done = _story(server, 5, rounds=4)       # each request may land on either
+        _reference(single, done)
+        assert server.stop() == 0, server.proc.stderr.read()[-3000:]   # SIGTERM reaches both
+    finally:
+        server.stop(signal.SIGKILL)
+    out = subprocess.run([sys_executable(), "-m", "charstream.serve", str(trained_run),
+                          "--workers", "2"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "needs a --sessions store the processes share" in out.stderr
+
+
+def sys_executable():
+    import sys
+    return sys.executable

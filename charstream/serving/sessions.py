@@ -98,14 +98,27 @@ class SqliteStore(Store):
     def __init__(self, path: str, ttl: float, max_sessions: int, keep_text: bool = False):
         self.path, self.ttl, self.max_sessions, self.keep_text = path, ttl, max_sessions, keep_text
         try:
-            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            if path != ":memory:":
-                self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.executescript(_SCHEMA)
+            self.db = sqlite3.connect(path, timeout=10, isolation_level=None,
+                                      check_same_thread=False)
+            self._setup(path)
         except sqlite3.Error as err:
             raise ValueError(f"{path}: cannot open the session store ({err})") from None
         self._lock = asyncio.Lock()
+
+    def _setup(self, path: str) -> None:
+        """WAL mode and the schema. Several workers open one new file at once,
+        and switching to WAL takes the file alone without waiting: retried."""
+        for attempt in range(100):
+            try:
+                if path != ":memory:":
+                    self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+                self.db.executescript(_SCHEMA)
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or attempt == 99:
+                    raise
+                time.sleep(0.05)
 
     def _expire(self, now: float) -> None:
         self.db.execute("DELETE FROM sessions WHERE last_used < ?", (now - self.ttl,))
