@@ -285,6 +285,8 @@ class _TickLoop:
         self.fingerprint = fingerprint
         self.codes = np.array([ord(c) for c in vocab.chars], dtype="<u4")
         self.chars = vocab.chars
+        self._ascii = (bytes(ord(c) for c in vocab.chars).ljust(256, b"?")
+                       if all(ord(c) < 128 for c in vocab.chars) else None)
         self.pulse, self._wake = asyncio.Event(), asyncio.Event()
         self.closing = False
         self.failure: str | None = None
@@ -339,6 +341,8 @@ class _TickLoop:
         return text if head is None else _joined(head, text)
 
     def _decode(self, ids: np.ndarray) -> str:
+        if self._ascii is not None:      # one byte per id: a translate, no index array
+            return ids.astype(np.uint8).tobytes().translate(self._ascii).decode("ascii")
         return self.codes[ids].tobytes().decode("utf-32-le")
 
     def _text(self, req: Request, start: int, end: int) -> str:

@@ -144,7 +144,12 @@ class Slots:
         return start, end
 
     def ids(self, slot: int, start: int, end: int) -> np.ndarray:
-        return self.ring[slot, np.arange(start, end) % self.buffer]
+        """Ids `start .. end` of `slot`'s ring: one slice unless they wrap (the
+        index array this replaced was a tenth of the event loop at 256 clients)."""
+        at, n, ring = start % self.buffer, end - start, self.ring[slot]
+        if at + n <= self.buffer:
+            return ring[at:at + n]
+        return np.concatenate([ring[at:], ring[:at + n - self.buffer]])
 
     def logprobs(self, slot: int, start: int, end: int):
         """`(lp, top_ids, top_lp)` of ids `start .. end`; None if not asked for."""
