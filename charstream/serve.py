@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-prompt", type=int, default=4096,
                         help="the longest prompt, in characters (default: 4096)")
     parser.add_argument("--flush-ms", type=float, default=20.0,
-                        help="how often each client is sent what is ready (default: 20)")
+                        help="how often each client is sent what is ready, up to 64 active "
+                        "streams; longer in proportion beyond, at most 100 ms (default: 20)")
     parser.add_argument("--buffer", type=int, default=65_536,
                         help="characters a slow client may fall behind before its stream "
                         "pauses (default: 65536)")
