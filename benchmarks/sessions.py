@@ -31,21 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from load import free_port, make_run  # noqa: E402
-
-
-def start_server(run: Path, port: int, store: str) -> subprocess.Popen:
-    server = subprocess.Popen([sys.executable, "-m", "charstream.serve", str(run), "--port",
-                               str(port), "--sessions", store, "--max-prompt", "200000"],
-                              stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 1).close()
-            return server
-        except OSError:
-            assert time.monotonic() < deadline and server.poll() is None
-            time.sleep(0.1)
+from load import free_port, make_run, start_server  # noqa: E402
 
 
 async def request(port: int, body: dict) -> tuple[float, int, str, dict]:
@@ -76,7 +62,8 @@ def continue_story(run: Path, story_chars: int, rounds: int, tmp: Path) -> list[
     from charstream import StreamGenerator
 
     port = free_port()
-    server = start_server(run, port, str(tmp / "bench.db"))
+    server = start_server(run, port, "--sessions", str(tmp / "bench.db"),
+                          "--max-prompt", "200000")
     try:
         _, _, story, last = asyncio.run(request(port, {"prompt": "romeo:", "seed": 1,
                                                         "max_tokens": story_chars,

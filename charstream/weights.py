@@ -178,7 +178,7 @@ def _read_npy(path: Path, zf: zipfile.ZipFile, name: str, check) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=dtype.newbyteorder("="))
 
 
-def _positive_int(path: Path, meta: dict, key: str, value, bound: int) -> int:
+def _positive_int(path: Path, key: str, value, bound: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= bound:
         raise InvalidWeights(f"{path}: meta \"{key}\" must be an integer in [1, {bound}], "
                          f"got {_short(value, 40)}")
@@ -210,14 +210,14 @@ def _read_meta(path: Path, zf: zipfile.ZipFile) -> dict:
         if meta.get(key) != value:
             raise InvalidWeights(f"{path}: meta {key!r} is {_short(meta.get(key), 40)!r}, but the "
                              f"native step computes {key} {value!r} only")
-    layers = _positive_int(path, meta, "layers", meta.get("layers"), MAX_LAYERS)
+    layers = _positive_int(path, "layers", meta.get("layers"), MAX_LAYERS)
     units = meta.get("units")
     if not isinstance(units, list) or len(units) != layers:
         raise InvalidWeights(f"{path}: meta \"units\" must be a list of {layers} integers, "
                          f"got {_short(units, 40)}")
     for u in units:
-        _positive_int(path, meta, "units", u, MAX_UNITS)
-    _positive_int(path, meta, "depth", meta.get("depth"), MAX_DEPTH)
+        _positive_int(path, "units", u, MAX_UNITS)
+    _positive_int(path, "depth", meta.get("depth"), MAX_DEPTH)
     total = _count(_expected_shapes(meta))
     if total > MAX_WEIGHTS:
         raise InvalidWeights(f"{path}: its meta declares {total:,} weights, more than the "

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from servers import Server, metric, serving, sse_events, wait_for
+from weight_files import meta_with, write_lying_header
 
 pytest.importorskip("uvicorn")
 pytest.importorskip("starlette")
@@ -39,6 +40,14 @@ def _post_bytes(body: bytes, content_type="application/json", extra="") -> bytes
 
 def _status_line(sock) -> bytes:
     return sock.recv(4096).split(b"\r\n", 1)[0]
+
+
+def _serve_stderr(run) -> str:
+    """`python -m charstream.serve RUN` refusing to start: exit 2, no traceback."""
+    proc = subprocess.run([sys.executable, "-m", "charstream.serve", str(run), "--port", "1"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-500:]
+    return proc.stderr
 
 
 def _error(server, body, **kw):
@@ -84,14 +93,10 @@ def test_weights_that_disagree_with_their_meta_are_refused_at_start(trained_run,
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     good = dict(np.load(run / "stream.npz"))
-    meta = json.loads(bytes(good["meta"]))
     with open(run / "stream.npz", "wb") as fh:
-        np.savez(fh, **{**good, "meta": np.frombuffer(
-            json.dumps({**meta, "depth": 30}).encode(), np.uint8)})
-    proc = subprocess.run([sys.executable, "-m", "charstream.serve", str(run), "--port", "1"],
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert f"{run / 'stream.npz'}: lstm_1_kernel has shape" in proc.stderr
+        np.savez(fh, **{**good, "meta": meta_with(good, depth=30)})
+    stderr = _serve_stderr(run)
+    assert f"{run / 'stream.npz'}: lstm_1_kernel has shape" in stderr
 
 
 _FAILING = """
@@ -242,33 +247,19 @@ def test_a_temperature_below_float32_is_argmax(one_row):
 # 9 -------------------------------------------------------------------------------------
 def _serve_refuses(run, words):
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "charstream.serve", str(run), "--port", "1"],
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-500:]
-    assert len(proc.stderr) < 300 and words in proc.stderr, proc.stderr
+    stderr = _serve_stderr(run)
+    assert len(stderr) < 300 and words in stderr, stderr
     assert time.monotonic() - started < 30
 
 
 def test_hostile_weight_sizes_are_one_line_exit_2(trained_run, tmp_path):
-    import zipfile
-
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     good = dict(np.load(run / "stream.npz"))
-    meta = json.loads(bytes(good["meta"]))
     with open(run / "stream.npz", "wb") as fh:
-        np.savez(fh, **{**good, "meta": np.frombuffer(
-            json.dumps({**meta, "layers": 3_000_000}).encode(), np.uint8)})
+        np.savez(fh, **{**good, "meta": meta_with(good, layers=3_000_000)})
     _serve_refuses(run, "must be an integer in [1, 64]")
-    with zipfile.ZipFile(run / "stream.npz", "w") as zf:   # a header declaring 10^12 floats
-        for name, array in good.items():
-            with zf.open(name + ".npy", "w") as fh:
-                if name == "dense_bias":
-                    np.lib.format.write_array_header_1_0(
-                        fh, {"descr": "<f4", "fortran_order": False, "shape": (10 ** 12,)})
-                    fh.write(array.tobytes())
-                else:
-                    np.lib.format.write_array(fh, array)
+    write_lying_header(run / "stream.npz", good, "dense_bias", (10 ** 12,))   # 10^12 floats
     _serve_refuses(run, "dense_bias has shape (1000000000000,)")
 
 

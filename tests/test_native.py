@@ -12,6 +12,7 @@ from charstream import StreamGenerator
 from charstream.streaming._lstm import NativeLSTM, sample_from_logits
 from charstream.model import build_inference_model, build_training_model, lstm_layers, reset_states
 from charstream.weights import load_stream_weights
+from weight_files import meta_with, write_lying_header
 from charstream import _reference as ref
 from charstream.streaming.sampling import logprobs_of, sample_id
 
@@ -406,14 +407,7 @@ def test_corrupt_or_mismatched_stream_weights(trained_run, tmp_path):
     expect("dense_bias must be float32, got object")
 
 
-def _meta(good, **changes):
-    meta = json.loads(bytes(good["meta"]))
-    return np.frombuffer(json.dumps({**meta, **changes}).encode(), np.uint8)
-
-
 def test_hostile_stream_weights_sizes_are_refused_before_anything_is_allocated(trained_run, tmp_path):
-    import zipfile
-
     good = dict(np.load(trained_run / "stream.npz"))
     path = tmp_path / "stream.npz"
 
@@ -422,26 +416,18 @@ def test_hostile_stream_weights_sizes_are_refused_before_anything_is_allocated(t
             load_stream_weights(path)
         assert str(path) in str(info.value) and len(str(info.value)) < 300
 
-    _save(path, **{**good, "meta": _meta(good, layers=3_000_000)})
+    _save(path, **{**good, "meta": meta_with(good, layers=3_000_000)})
     refused(r"meta \"layers\" must be an integer in \[1, 64\], got 3000000")
-    _save(path, **{**good, "meta": _meta(good, layers=3_000_000, units=[128] * 3_000_000)})
+    _save(path, **{**good, "meta": meta_with(good, layers=3_000_000, units=[128] * 3_000_000)})
     refused(r"its \"meta\" entry is 15,\d{3},\d{3} bytes, more than the 65,536")
-    _save(path, **{**good, "meta": _meta(good, units=[10 ** 6])})
+    _save(path, **{**good, "meta": meta_with(good, units=[10 ** 6])})
     refused(r"meta \"units\" must be an integer in \[1, 8192\], got 1000000")
-    _save(path, **{**good, "meta": _meta(good, layers=64, units=[8192] * 64)})
+    _save(path, **{**good, "meta": meta_with(good, layers=64, units=[8192] * 64)})
     refused(r"declares 34,\d{3},\d{3},\d{3} weights, more than the 268,435,456")
-    _save(path, **{**good, "meta": _meta(good, depth=10 ** 9)})
+    _save(path, **{**good, "meta": meta_with(good, depth=10 ** 9)})
     refused(r"meta \"depth\" must be an integer in \[1, 256\]")
     # A header declaring 10^12 elements is a shape error, not a MemoryError.
-    with zipfile.ZipFile(path, "w") as zf:   # rebuilt: a valid archive, a lying header
-        for name, array in good.items():
-            with zf.open(name + ".npy", "w") as fh:
-                if name == "dense_bias":
-                    np.lib.format.write_array_header_1_0(
-                        fh, {"descr": "<f4", "fortran_order": False, "shape": (10 ** 12,)})
-                    fh.write(array.tobytes())
-                else:
-                    np.lib.format.write_array(fh, array)
+    write_lying_header(path, good, "dense_bias", (10 ** 12,))
     refused(r"dense_bias has shape \(1000000000000,\), but the meta's depth and units make it \(36,\)")
 
 

@@ -167,13 +167,17 @@ class Request:
         self.first_ready = asyncio.Event()   # set when its first text exists (or it ends)
         self.submitted_at = time.monotonic()
         self.placed_at: float | None = None  # when it got a row
-        self.stop_read = 0                   # characters of a stop string produced, not returned
-        self.hit_stop = False                # set by the slots: it ended at a stop string
+        self.stop_read = 0                   # set by the slots: the stop string it ended at
         self.echoed = not checked.echo       # the prompt was returned (or is not to be)
 
     @property
     def max_tokens(self) -> int:
         return self.checked.max_tokens
+
+    @property
+    def hit_stop(self) -> bool:
+        """It ended at a stop string (its characters produced, not returned)."""
+        return self.stop_read > 0
 
     @property
     def done(self) -> bool:

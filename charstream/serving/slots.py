@@ -284,7 +284,6 @@ class Slots:
         found = stops.match("".join(map(chr, tail.tolist())))
         if found is not None:
             self.written[slot] = self.limit[slot] = end - len(found)
-            self.owner[slot].hit_stop = True
             self.owner[slot].stop_read = len(found)   # the row read it all the same
 
     def ended(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
