@@ -2,9 +2,10 @@
 side by side, and PyTorch's `nn.LSTM` on the same model when it is installed.
 
 Every contender trains the default model (LSTM(128) + Dense(36) softmax, Adam
-2e-3 with gradients clipped to [-1, 1]) on the same `StreamBatches` of tiny
-Shakespeare (32 streams, 16 steps a batch, one-hot float32, a target at every
-step), from the same initial weights. A round starts from those weights and a
+2e-3 with gradients clipped to [-1, 1]) on the same first 256 `StreamBatches` of
+tiny Shakespeare (32 streams, 16 steps a batch, one-hot float32, a target at every
+step; `StreamChunks` of 32 of them as ids for the chunked contenders), built once
+before timing, from the same initial weights. A round starts from those weights and a
 fresh optimizer (untimed) and trains STEPS steps after a warm-up that traced the
 graph; afterwards the round's mean loss must equal the plain-`fit` reference's
 (an untimed run of its own) within TOLERANCE: the settings change the speed,
@@ -17,6 +18,7 @@ import pytest
 from _shared import record_rate
 
 BATCH, SEQ, STEPS = 32, 16, 256
+CHUNK = 32  # batches per item of `StreamChunks` (charstream's --steps-per-execution)
 # Unrolled and XLA-compiled graphs sum in other orders: after 256 steps their
 # mean losses differ from the plain loop's by about 1e-5 (measured); a contender
 # that trained something else would be off by far more.
@@ -37,6 +39,15 @@ def stream_batches(corpus_ids):
 
 
 @pytest.fixture(scope="module")
+def stream_chunks(corpus_ids):
+    """The same streams, 32 batches an item (what `python -m charstream.train` fits)."""
+    from charstream.training.batches import StreamChunks
+
+    split = int(len(corpus_ids) * 0.9)
+    return StreamChunks(corpus_ids[:split], BATCH, SEQ, 36, CHUNK, seed=0)
+
+
+@pytest.fixture(scope="module")
 def initial_weights():
     from charstream.model import build_stream_model
 
@@ -44,23 +55,50 @@ def initial_weights():
     return build_stream_model(BATCH, SEQ).get_weights()
 
 
+def premade(items, bool_input=False):
+    """`items` (a list of `(X, Y)`) as a `tf.data.Dataset`, built once, as the
+    torch contender's are: every contender times the training, not the batching.
+
+    tf.data's autotuning is off: with it, one `fit` call in four or so returned
+    2.2-2.6 s after its last step (`on_train_end`), waiting for the dataset's
+    teardown (measured: 2 of 8 rounds with it, 0 of 8 without), which timed the
+    teardown rather than the training."""
+    import tensorflow as tf
+
+    X = np.stack([x for x, _ in items])
+    Y = np.stack([y for _, y in items])
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return tf.data.Dataset.from_tensor_slices((X.astype(bool) if bool_input else X, Y)
+                                              ).with_options(options)
+
+
 class KerasRun:
     """A stream model compiled with one contender's settings, restorable to the
     same initial weights and optimizer state before every round."""
 
-    def __init__(self, settings: dict, weights, batches):
+    def __init__(self, settings: dict, weights, batches, chunks):
         from charstream.model import build_stream_model
+        from charstream.training.steps import train_in_chunks
 
         self.model = build_stream_model(BATCH, SEQ, unroll=settings["unroll"],
                                         steps_per_execution=settings["steps_per_execution"],
                                         learning_rate=2e-3)
-        if settings.get("jit_compile"):
+        self.per_item = 1
+        if settings.get("chunks"):  # what charstream's fit does in stream mode
+            train_in_chunks(self.model, 36, settings.get("jit_compile", False))
+            batches, self.per_item = chunks, CHUNK
+        elif settings.get("jit_compile"):
             self.model.compile(
                 optimizer=keras.optimizers.Adam(2e-3, clipvalue=1.0),
                 loss="sparse_categorical_crossentropy",
                 steps_per_execution=settings["steps_per_execution"], jit_compile=True)
+        batches.set_epoch(0)
+        # bool input: the graph casts (oneDNN prints "supports DT_BOOL only on
+        # platforms with AVX-512"); what the Cython kernel wrote before float32
+        self.data = premade([batches[k] for k in range(STEPS // self.per_item)],
+                            settings.get("bool_input", False))
         self.weights = weights
-        self.batches = _AsBool(batches) if settings.get("bool_input") else batches
         self.model.optimizer.build(self.model.trainable_variables)
         self.fresh_optimizer = [v.numpy() for v in self.model.optimizer.variables]
         self.train(32)  # traces the graph (untimed)
@@ -75,28 +113,9 @@ class KerasRun:
 
     def train(self, steps=STEPS) -> float:
         self.restore()
-        history = self.model.fit(self.batches, epochs=1, steps_per_epoch=steps, verbose=0,
-                                 shuffle=False, callbacks=[self.batches.epoch_callback()])
+        history = self.model.fit(self.data, epochs=1, steps_per_epoch=steps // self.per_item,
+                                 verbose=0, shuffle=False)
         return history.history["loss"][0]
-
-
-class _AsBool(keras.utils.PyDataset):
-    """The same batches with bool inputs (what the Cython kernel wrote before
-    charstream switched to float32)."""
-
-    def __init__(self, batches):
-        super().__init__()
-        self.batches = batches
-
-    def __len__(self):
-        return len(self.batches)
-
-    def __getitem__(self, index):
-        X, Y = self.batches[index]
-        return X.astype(bool), Y
-
-    def epoch_callback(self):
-        return self.batches.epoch_callback()
 
 
 class TorchRun:
@@ -150,21 +169,21 @@ class TorchRun:
 
 
 @pytest.fixture(scope="module")
-def reference_loss(plain_fit_settings, initial_weights, stream_batches):
+def reference_loss(plain_fit_settings, initial_weights, stream_batches, stream_chunks):
     """The plain `fit` contender's mean loss over STEPS steps, from its own run."""
-    return KerasRun(plain_fit_settings, initial_weights, stream_batches).train()
+    return KerasRun(plain_fit_settings, initial_weights, stream_batches, stream_chunks).train()
 
 
 @pytest.mark.benchmark(group="train: carried-state steps (32 streams x 16, LSTM 128)")
 def test_training_throughput(benchmark, train_contender, initial_weights, stream_batches,
-                             reference_loss):
+                             stream_chunks, reference_loss):
     name, settings = train_contender
     benchmark.extra_info["contender"] = name
     if settings is None:  # "torch-nn.LSTM"
         pytest.importorskip("torch")
         run = TorchRun(initial_weights, stream_batches)
     else:
-        run = KerasRun(settings, initial_weights, stream_batches)
+        run = KerasRun(settings, initial_weights, stream_batches, stream_chunks)
     loss = benchmark.pedantic(run.train, rounds=3)
     record_rate(benchmark, STEPS * BATCH * SEQ, "targets/s")
     benchmark.extra_info["mean loss"] = round(loss, 6)

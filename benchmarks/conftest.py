@@ -49,11 +49,15 @@ ENCODE_CONTENDERS = {
 
 
 # Settings of the carried-state training step (bench_train.py); "charstream" is
-# what `python -m charstream.train` uses on a machine without a GPU.
+# what `python -m charstream.train` uses on a machine without a GPU: chunks of 32
+# batches looped inside one XLA-compiled step (`charstream.training.steps`).
 TRAIN_CONTENDERS = {
     "plain-fit": dict(unroll=False, steps_per_execution=1),
     "steps_per_execution=32": dict(unroll=False, steps_per_execution=32),
-    "charstream (spe=32, unroll)": dict(unroll=True, steps_per_execution=32),
+    "spe=32, unroll": dict(unroll=True, steps_per_execution=32),
+    "chunks of 32, unroll": dict(unroll=True, steps_per_execution=1, chunks=True),
+    "charstream (chunks of 32, unroll, XLA)": dict(unroll=True, steps_per_execution=1,
+                                                   chunks=True, jit_compile=True),
     "XLA (spe=32, jit_compile)": dict(unroll=False, steps_per_execution=32, jit_compile=True),
     # charstream's settings fed bool one-hot instead of float32: the graph casts
     # (and oneDNN prints "supports DT_BOOL only on platforms with AVX-512").

@@ -127,7 +127,13 @@ class TrainConfig:
         "cannot use cuDNN", default_text="on when no GPU is visible")
     steps_per_execution: int = _setting(
         32, "training steps per call into the compiled graph (fewer Python round trips; "
-        "the same training)")
+        "the same training); in stream mode, a chunk of that many consecutive batches "
+        "that a loop inside the graph trains on one after another")
+    jit_compile: Optional[bool] = _setting(
+        None, "compile the training step with XLA: in stream mode the whole chunk of "
+        "--steps-per-execution steps, forward, back and Adam, as one computation",
+        default_text="in stream mode, on when no GPU is visible and there is no "
+        "dropout, whose masks XLA draws differently; windows, off")
 
     def validate(self) -> "TrainConfig":
         """Raise `ConfigError` naming the first setting out of range."""
@@ -146,8 +152,9 @@ class TrainConfig:
             _checks.non_negative_int(getattr(self, name), name, err)
         for name in ("reduce", "shuffle", "lr_decay"):
             _checks.boolean(getattr(self, name), name, err)
-        if self.unroll is not None:
-            _checks.boolean(self.unroll, "unroll", err)
+        for name in ("unroll", "jit_compile"):
+            if getattr(self, name) is not None:
+                _checks.boolean(getattr(self, name), name, err)
         if self.max_time is not None:
             _checks.positive_number(self.max_time, "max_time", err)
         _checks.one_of(self.strategy, "strategy", STRATEGIES, err)

@@ -16,13 +16,14 @@ import sys
 from . import _cli
 from .config import ConfigError, TrainConfig
 from .run import RunDir
-from .training.callbacks import StopFlag
 from .training.plan import Plan, RunOptions, plan
 
 PROG = "python -m charstream.train"
 
 
 def _on_stop_signal(signum, frame):
+    from .training.callbacks import StopFlag  # installed once TensorFlow has started
+
     StopFlag.requested = True
     raise KeyboardInterrupt
 
@@ -107,6 +108,7 @@ def main(argv=None) -> int:
         return _cli.fail(PROG, err)
     _start(the_plan)
     _cli.start_tensorflow()
+    from .training.callbacks import StopFlag  # Keras: only once TensorFlow started quietly
     from .training.distribute import Cluster
     from .training.fit import train
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from charstream import train
-from charstream.training.batches import StreamBatches
+from charstream.training.batches import StreamBatches, StreamChunks
 from charstream.data.windows import stream_length
 
 
@@ -59,6 +59,64 @@ def test_each_epoch_moves_the_streams_by_an_offset_from_the_seed():
     assert len(set(a)) > 3                    # the chunk boundaries move
     resumed = StreamBatches(ids, 4, 16, 36, seed=1, epoch=7)
     assert resumed.offset == a[7]             # a resume starts where the run would be
+
+
+@pytest.mark.parametrize("n, batch, seq_len, chunk", [(1000, 4, 16, 4), (997, 3, 5, 5),
+                                                     (150, 2, 7, 32)])
+def test_chunks_hold_the_batches_as_ids_the_last_padded(n, batch, seq_len, chunk):
+    ids = (np.arange(n) % 251).astype(np.uint8)
+    batches = StreamBatches(ids, batch, seq_len, depth=256, seed=3)
+    chunks = StreamChunks(ids, batch, seq_len, 256, chunk, seed=3)
+    assert chunks.batches == len(batches) and len(chunks) == math.ceil(len(batches) / chunk)
+    for epoch in range(2):
+        batches.set_epoch(epoch)
+        chunks.set_epoch(epoch)
+        for i in range(len(chunks)):
+            X, Y = chunks[i]
+            assert X.shape == Y.shape == (chunk, batch, seq_len)
+            assert X.dtype == np.uint8 and Y.dtype == np.int32
+            for k in range(chunk):
+                if i * chunk + k < len(batches):
+                    bx, by = batches[i * chunk + k]
+                    np.testing.assert_array_equal(X[k], _decode(bx))
+                    np.testing.assert_array_equal(Y[k], by)
+                else:  # padding: the step skips batches whose targets are -1
+                    assert (Y[k] == -1).all() and (X[k] == 0).all()
+    with pytest.raises(IndexError):
+        chunks[len(chunks)]
+    with pytest.raises(ValueError, match="chunk must be a positive integer, got 0"):
+        StreamChunks(ids, batch, seq_len, 256, 0)
+
+
+def test_the_chunk_step_trains_as_the_per_batch_loop_bit_for_bit():
+    """Without XLA, chunks looped inside the step are Keras's `steps_per_execution`
+    loop, bit for bit, padding and dropout included; XLA sums in other orders (and
+    draws other dropout masks), so without dropout it stays within float noise."""
+    import keras
+
+    from charstream.model import build_stream_model
+    from charstream.training.steps import train_in_chunks
+
+    ids = np.random.default_rng(0).integers(0, 36, 3000).astype(np.uint8)
+    batches = StreamBatches(ids, 4, 8, 36, seed=1)
+    chunks = StreamChunks(ids, 4, 8, 36, 4, seed=1)
+    assert len(batches) % 4  # the last chunk is padded
+
+    def trained(chunked: bool, jit: bool = False, dropout: float = 0.1):
+        keras.utils.set_random_seed(0)
+        model = build_stream_model(4, 8, units=8, dropout=dropout, unroll=True,
+                                   steps_per_execution=4, learning_rate=3e-3)
+        data = chunks if chunked else batches
+        if chunked:
+            train_in_chunks(model, 36, jit)
+        model.fit(data, epochs=2, verbose=0, shuffle=False, callbacks=[data.epoch_callback()])
+        return model.get_weights()
+
+    per_batch, chunked = trained(False), trained(True)
+    for a, b in zip(per_batch, chunked):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(trained(False, dropout=0.0), trained(True, jit=True, dropout=0.0)):
+        np.testing.assert_allclose(a, b, atol=1e-4)
 
 
 def test_too_short_for_the_streams():

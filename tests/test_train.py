@@ -1,6 +1,7 @@
 """python -m charstream.train: learning, the run directory, resume, bad input."""
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -220,6 +221,23 @@ def test_sigint_stops_cleanly_and_says_how_to_resume(tmp_path, corpus_file):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert f"--resume {run}" in err and "Traceback" not in err
+
+
+def test_a_stream_run_prints_nothing_on_stderr(tmp_path, corpus_file):
+    """TensorFlow's start-up and XLA's compile messages stay out of what a user sees:
+    a healthy run writes nothing on stderr (`--verbose` shows them)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("CHARSTREAM_VERBOSE", "TF_CPP_MIN_LOG_LEVEL")}
+    done = subprocess.run(
+        [sys.executable, "-m", "charstream.train", "--data", str(corpus_file), *STREAM_TINY,
+         "--epochs", "1", "--samples", "3000", "--dropout", "0",  # XLA compiles too
+         "--out", str(tmp_path / "run")],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert "tensorflow" not in subprocess.run(
+        [sys.executable, "-c", "import sys, charstream.train; print(*sys.modules)"],
+        env=env, capture_output=True, text=True, timeout=120).stdout.split()
 
 
 def _bad(capsys, argv, match, out=None):

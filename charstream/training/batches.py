@@ -193,3 +193,56 @@ class StreamBatches(_EpochOrdered):
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} out of range for {len(self)} batches")
         return onehot_streams(self.ids, self.row_starts(index), self.seq_len, self.depth)
+
+
+class StreamChunks(StreamBatches):
+    """`StreamBatches`' streams handed over `chunk` batches at a time, as ids.
+
+    Item `i` holds batches `[i * chunk, (i + 1) * chunk)` of the same layout, for a
+    training step that loops over them inside the graph
+    (`charstream.training.steps.train_in_chunks`), which one-hot encodes them there:
+
+        X[k, s, t] = ids[off + s * L + (i * chunk + k) * seq_len + t]   # (chunk, batch, seq_len) uint8
+        Y[k, s, t] = X[k, s, t + 1], the next id                       # (chunk, batch, seq_len) int32
+
+    Every item has the same shape, so the compiled step is compiled once: the last
+    item of an epoch is padded with batches whose targets are all `-1`, which the
+    step skips. Ids cost 1 byte a position, not the one-hot's `4 * depth`.
+
+    Args:
+        ids, batch_size, seq_len, depth, seed, epoch: as `StreamBatches`.
+        chunk: batches per item (`--steps-per-execution`).
+
+    Raises:
+        ValueError: as `StreamBatches`, or if `chunk` is not a positive integer.
+    """
+
+    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, depth: int,
+                 chunk: int, seed: int = 0, epoch: int = 0):
+        _checks.positive_int(chunk, "chunk")
+        self.chunk = chunk
+        super().__init__(ids, batch_size, seq_len, depth, seed, epoch)
+
+    @property
+    def batches(self) -> int:
+        """Batches (optimizer steps) per epoch."""
+        return self.stream_len // self.seq_len
+
+    def __len__(self) -> int:
+        return math.ceil(self.batches / self.chunk)
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self):
+            raise IndexError(f"chunk {index} out of range for {len(self)} chunks")
+        first = index * self.chunk
+        count = min(self.chunk, self.batches - first)
+        steps = first + np.arange(count, dtype=np.int64)
+        # (count, batch, seq_len + 1) positions: the inputs and, one further, the targets
+        at = (self.offset + steps[:, None, None] * self.seq_len
+              + self.stream_len * np.arange(self.batch_size, dtype=np.int64)[None, :, None]
+              + np.arange(self.seq_len + 1, dtype=np.int64))
+        X = np.zeros((self.chunk, self.batch_size, self.seq_len), np.uint8)
+        Y = np.full((self.chunk, self.batch_size, self.seq_len), -1, np.int32)
+        window = self.ids[at]
+        X[:count], Y[:count] = window[..., :-1], window[..., 1:]
+        return X, Y

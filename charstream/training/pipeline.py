@@ -2,7 +2,7 @@
 
 `build_pipeline` turns a `Plan` and a `Cluster` into a `Pipeline`: the
 training batches (`WindowBatches`, or this worker's share of them under
-multiworker, or `StreamBatches`), the held-out part and how it is scored
+multiworker, or `StreamChunks`), the held-out part and how it is scored
 (Keras's validation over windows; one continuous stream in the native step for
 `--mode stream`), and the callbacks that keep the data in step with the epoch.
 `check_fits` fails before anything is written if the corpus cannot feed the
@@ -34,7 +34,7 @@ class Pipeline:
 
     train: "Batches"                           # what fit trains on
     targets: int                               # training targets per epoch, all workers
-    steps_per_epoch: int                       # optimizer steps per epoch
+    steps_per_epoch: int                       # fit's steps per epoch (stream: chunks)
     held_out: int = 0                          # held-out targets
     val: Optional["Batches"] = None            # Keras validates on it (windows), or None
     train_steps: Optional[int] = None          # fit's steps_per_epoch (a generator dataset)
@@ -131,13 +131,15 @@ def _worker_pipeline(plan: "Plan", cluster: "Cluster", train_starts: range, val_
 def _stream_pipeline(plan: "Plan") -> Pipeline:
     """`--mode stream`: contiguous streams of the training part; the held-out tail
     scored as one continuous stream after every epoch."""
-    from .batches import StreamBatches
+    from .batches import StreamChunks
     from .callbacks import ResetStreams, StreamValidation
 
     config, corpus, split = plan.config, plan.corpus, plan.split
     end = _training_end(config, split)
-    train = StreamBatches(corpus.ids[:end], config.batch_size, config.seq_len,
-                          corpus.vocab.size, seed=config.seed, epoch=plan.initial_epoch)
+    # --steps-per-execution batches an item, for the step of `train_in_chunks`
+    train = StreamChunks(corpus.ids[:end], config.batch_size, config.seq_len,
+                         corpus.vocab.size, config.steps_per_execution, seed=config.seed,
+                         epoch=plan.initial_epoch)
     callbacks = [train.epoch_callback(), ResetStreams()]
     held_out = 0
     if config.val_fraction:
