@@ -2,7 +2,8 @@
 
 `plan` (the arguments resolved and checked before anything is written),
 `pipeline` and `batches` (one-hot batches on demand, windows or carried-state
-streams), `callbacks` (stop, resume, budget, validation through the native
+streams, the streams in chunks of id batches), `steps` (the stream-mode step that
+trains a whole chunk per call), `callbacks` (stop, resume, budget, validation through the native
 step), `distribute` (tf.distribute, the one reader of `TF_CONFIG`), `plot`, and
 `fit` (build, fit, finish). `python -m charstream.train` is the command line.
 """
