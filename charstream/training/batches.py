@@ -226,7 +226,7 @@ class StreamChunks(StreamBatches):
     @property
     def batches(self) -> int:
         """Batches (optimizer steps) per epoch."""
-        return self.stream_len // self.seq_len
+        return super().__len__()
 
     def __len__(self) -> int:
         return math.ceil(self.batches / self.chunk)
@@ -236,11 +236,9 @@ class StreamChunks(StreamBatches):
             raise IndexError(f"chunk {index} out of range for {len(self)} chunks")
         first = index * self.chunk
         count = min(self.chunk, self.batches - first)
-        steps = first + np.arange(count, dtype=np.int64)
+        starts = np.stack([self.row_starts(first + k) for k in range(count)])  # (count, batch)
         # (count, batch, seq_len + 1) positions: the inputs and, one further, the targets
-        at = (self.offset + steps[:, None, None] * self.seq_len
-              + self.stream_len * np.arange(self.batch_size, dtype=np.int64)[None, :, None]
-              + np.arange(self.seq_len + 1, dtype=np.int64))
+        at = starts[:, :, None] + np.arange(self.seq_len + 1, dtype=np.int64)
         X = np.zeros((self.chunk, self.batch_size, self.seq_len), np.uint8)
         Y = np.full((self.chunk, self.batch_size, self.seq_len), -1, np.int32)
         window = self.ids[at]

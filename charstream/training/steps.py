@@ -5,9 +5,9 @@ Keras's `steps_per_execution` loop calls its compiled step once per batch from a
 TensorFlow's executor runs the loop's bookkeeping between steps. `train_in_chunks`
 hands `fit` chunks of consecutive batches (`StreamChunks`) instead and loops over
 them *inside* the step, so the whole chunk (every LSTM step forward and back, every
-Adam update, the carried state) is one computation for XLA to compile: 1.3-1.5x
-the per-batch loop's speed on a 2-core CPU (`benchmarks/bench_train.py`, where the
-table in `docs/training.md` comes from).
+Adam update, the carried state) is one computation for XLA to compile: 1.27x
+the per-batch loop's speed on a 2-core CPU, 0.80x idiomatic PyTorch's
+(`benchmarks/bench_train.py`, the table in `docs/training.md`).
 
 Each batch of a chunk goes through Keras's own `train_step` (loss, gradients,
 clipping, Adam, metrics), one after another, so without XLA the training is the
