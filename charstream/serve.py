@@ -166,7 +166,10 @@ def _supervise(argv: list[str], workers: int) -> int:
                                   "--workers", "1", "--reuse-port"], env=env)
                 for _ in range(workers)]
 
+    asked = []   # the signal a stop was asked with
+
     def forward(sig, _frame):
+        asked.append(sig)
         for child in children:
             if child.poll() is None:
                 child.send_signal(sig)
@@ -176,10 +179,16 @@ def _supervise(argv: list[str], workers: int) -> int:
     while any(child.poll() is None for child in children):
         for child in children:
             code = child.poll()
-            if code not in (None, 0) and not status:
+            # A worker still importing when the stop came dies of the signal
+            # itself, before its handler exists: that is the stop, not a failure.
+            if code in (None, 0) or (asked and code == -asked[0]):
+                continue
+            if not status:
                 status = code
                 forward(signal.SIGTERM, None)
         time.sleep(0.2)
+    if not status and asked and asked[0] == signal.SIGINT:
+        return 130
     return status
 
 

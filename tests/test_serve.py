@@ -17,8 +17,10 @@ pytest.importorskip("starlette")
 
 @pytest.fixture(scope="module")
 def server(trained_run):
+    # --max-tokens 100,000,000: a stream that lasts longer than any test, however
+    # fast the step, and more than any socket buffer holds.
     with serving(trained_run, "--max-streams", "3", "--max-queue", "2", "--max-tokens",
-                 "5000", "--max-prompt", "100", "--flush-ms", "10") as server:
+                 "100000000", "--max-prompt", "100", "--flush-ms", "10") as server:
         yield server
 
 
@@ -68,7 +70,8 @@ def test_an_openai_client_works(server, trained_run, alone):
     ({"prompt": 5}, 400, "prompt", "prompt must be a string, got 5"),
     ({"prompt": "a", "max_tokens": "ten"}, 400, "max_tokens", 'max_tokens must be an integer, got "ten"'),
     ({"prompt": "a", "max_tokens": 0}, 400, "max_tokens", "max_tokens must be a positive integer, got 0"),
-    ({"prompt": "a", "max_tokens": 5001}, 400, "max_tokens", "max_tokens must be at most 5000, got 5001"),
+    ({"prompt": "a", "max_tokens": 100000001}, 400, "max_tokens",
+     "max_tokens must be at most 100000000, got 100000001"),
     ({"prompt": "a", "temperature": -0.5}, 400, "temperature",
      "temperature must be a finite number >= 0, got -0.5"),
     ({"prompt": "a", "temperature": "hot"}, 400, "temperature", 'temperature must be a number, got "hot"'),
@@ -97,14 +100,18 @@ def test_an_unrepresentable_prompt_character_in_a_raw_run(raw_run):
 
 
 def test_a_client_that_leaves_frees_its_stream(server):
+    before = metric(server, "characters_total")
     conn = server.connection()
     conn.request("POST", "/v1/completions", json.dumps(
-        {"prompt": "ROMEO:", "max_tokens": 5000, "stream": True}), {"Content-Type": "application/json"})
+        {"prompt": "ROMEO:", "max_tokens": 100000000, "stream": True}),
+        {"Content-Type": "application/json"})
     res = conn.getresponse()
     assert res.status == 200 and res.read(200)
-    assert metric(server, "active_streams") == 1
+    # Stepped, or parked once its unread ring is full (the client reads no more).
+    assert metric(server, "active_streams") + metric(server, "parked_streams") == 1
     conn.close()  # mid-stream
-    wait_for(lambda: metric(server, "active_streams") == 0)
+    wait_for(lambda: metric(server, "active_streams") + metric(server, "parked_streams") == 0)
+    assert metric(server, "characters_total") - before < 100_000_000      # it did not finish
     assert server.post({"prompt": "a", "max_tokens": 3})[0] == 200
 
 
@@ -114,10 +121,11 @@ def test_more_requests_than_streams_queue_then_get_429(server):
         for _ in range(5):  # 3 streams + 2 in the queue, all long
             conn = server.connection()
             conn.request("POST", "/v1/completions", json.dumps(
-                {"prompt": "a", "max_tokens": 5000, "stream": True}),
+                {"prompt": "a", "max_tokens": 100000000, "stream": True}),
                 {"Content-Type": "application/json"})
             conns.append(conn)
-        wait_for(lambda: metric(server, "active_streams") == 3
+        # Nobody reads: the three are stepped or parked (a parked one keeps its slot).
+        wait_for(lambda: metric(server, "active_streams") + metric(server, "parked_streams") == 3
                   and metric(server, "queued_streams") == 2)
         status, headers, text = server.post({"prompt": "a", "max_tokens": 3})
         assert status == 429 and headers["retry-after"] == "1"
@@ -125,7 +133,7 @@ def test_more_requests_than_streams_queue_then_get_429(server):
     finally:
         for conn in conns:
             conn.close()
-    wait_for(lambda: metric(server, "active_streams") == 0
+    wait_for(lambda: metric(server, "active_streams") + metric(server, "parked_streams") == 0
               and metric(server, "queued_streams") == 0)
     assert server.post({"prompt": "a", "max_tokens": 3})[0] == 200
 
@@ -202,11 +210,15 @@ def test_the_page_streams_text_into_a_real_browser(server):
         try:
             wait_for(lambda: len(output.text) > len("JULIET:") + 20, timeout=60)
             first = len(output.text)
-            wait_for(lambda: len(output.text) > first + 50, timeout=60)   # and it grows
+            # And it grows (unless all 3,000 came before the first look: a fast step).
+            wait_for(lambda: len(output.text) > first + 50 or "(length)" in status.text,
+                     timeout=60)
+            wait_for(lambda: "(length)" in status.text, timeout=60)
         except AssertionError:
             raise AssertionError(f"page status {status.text!r}, output {output.text[:80]!r}, "
                                  f"server {server.get('/healthz')[1]}") from None
-        assert output.text.startswith("JULIET:")
-        assert "characters" in browser.find_element("id", "status").text
+        shown = browser.execute_script("return document.getElementById('output').textContent")
+        assert shown.startswith("JULIET:") and len(shown) == len("JULIET:") + 3000
+        assert "3000 characters" in status.text
     finally:
         browser.quit()
