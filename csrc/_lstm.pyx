@@ -3,7 +3,7 @@
 # without the GIL. One call per character does every layer, the Dense layer, the
 # softmax and the sampling for all streams of the batch.
 
-from libc.stdint cimport int32_t
+from libc.stdint cimport int32_t, int64_t, uint8_t
 from libc.math cimport log
 from libc.stdlib cimport calloc, free
 
@@ -82,6 +82,110 @@ def _f32(array, name, shape):
     if not np.isfinite(arr).all():
         raise ValueError(f"{name} holds non-finite values")
     return arr
+
+
+cdef extern from *:
+    """
+    /* The ring's count is published after the id it counts (the readers on the
+     * event loop read the count, then the ids), and the readers' count is read
+     * fresh each tick: they move it while the ticks run. */
+    #if defined(__GNUC__)
+    static inline void cs_publish(int64_t *p, int64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+    static inline int64_t cs_seen(const int64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+    #else
+    static inline void cs_publish(int64_t *p, int64_t v) { *(volatile int64_t *)p = v; }
+    static inline int64_t cs_seen(const int64_t *p) { return *(const volatile int64_t *)p; }
+    #endif
+    """
+    void cs_publish(int64_t* p, int64_t v) nogil
+    int64_t cs_seen(const int64_t* p) nogil
+
+
+cdef struct _Book:
+    # A serving batch's bookkeeping (`charstream.serving.slots.Slots`): per-slot
+    # arrays (indexed by slot), `slot[b]` the slot of row b, and per-row scratch.
+    int rows, depth, max_prime, uniforms, buffer, n_watch
+    const int64_t* slot
+    int32_t* next
+    int64_t* feed_left
+    const int32_t* prime        # (slots, max_prime)
+    int64_t* prime_pos
+    const double* temperature
+    const int* top_k
+    const double* top_p         # NULL: every slot keeps all the mass
+    const double* min_p
+    const double* u             # (slots, uniforms)
+    int64_t* u_pos
+    int32_t* ring               # (slots, buffer)
+    int64_t* written
+    const int64_t* read
+    const int64_t* limit
+    const uint8_t* stop_end     # (slots, depth); NULL: no slot has stops
+    const int64_t* watch
+    uint8_t* hit                # (rows,): the last tick sampled an id that may end a stop
+    int32_t* ids                # (rows,) scratch: this tick's ids and settings
+    double* t_row
+    int* k_row
+    double* u_row
+    double* p_row
+    double* m_row
+
+
+cdef int _book_ticks(cs_net* part, float* logits, cs_sampling* smp, _Book* k, int max_ticks,
+                     int64_t* produced) noexcept nogil:
+    """Up to `max_ticks` ticks of `Slots.work` (the Python loop is its twin):
+    returns the ticks run, after the first that ends a row, fills a ring, writes
+    a watched slot's first id, uses a slot's last uniform or samples a possible
+    stop end; `-1 - b` if row b's id is out of range (nothing stepped)."""
+    cdef int ticks = 0, b, stop
+    cdef int64_t s, w
+    cdef int32_t new, fid
+    while ticks < max_ticks:
+        for b in range(k.rows):
+            s = k.slot[b]
+            fid = k.next[s]
+            if fid < 0 or fid >= k.depth:
+                return -1 - b
+            k.ids[b] = fid
+            if k.feed_left[s] > 0:      # feeding its prime: argmax, the cheapest
+                k.t_row[b], k.k_row[b] = 0.0, 0
+            else:
+                k.t_row[b], k.k_row[b] = k.temperature[s], k.top_k[s]
+            k.u_row[b] = k.u[s * k.uniforms + k.u_pos[s]]
+            if k.top_p != NULL:
+                k.p_row[b], k.m_row[b] = k.top_p[s], k.min_p[s]
+        cs_step(part, k.ids, logits, smp)
+        ticks += 1
+        stop = 0
+        for b in range(k.rows):
+            s = k.slot[b]
+            k.hit[b] = 0
+            if k.feed_left[s] > 0:
+                k.prime_pos[s] += 1
+                k.feed_left[s] -= 1
+                k.next[s] = k.prime[s * k.max_prime + k.prime_pos[s]]
+            elif k.written[s] < k.limit[s]:
+                new, w = smp.out[b], k.written[s]
+                k.ring[s * k.buffer + w % k.buffer] = new
+                cs_publish(&k.written[s], w + 1)
+                k.next[s] = new
+                k.u_pos[s] += 1
+                produced[0] += 1
+                if k.u_pos[s] == k.uniforms:
+                    stop = 1
+                if k.stop_end != NULL and k.stop_end[s * k.depth + new]:
+                    k.hit[b], stop = 1, 1
+        if stop:
+            return ticks
+        for b in range(k.rows):
+            s = k.slot[b]
+            if ((k.feed_left[s] == 0 and k.written[s] >= k.limit[s])
+                    or k.written[s] - cs_seen(&k.read[s]) >= k.buffer):
+                return ticks
+        for b in range(k.n_watch):
+            if k.written[k.watch[b]] > 0:
+                return ticks
+    return ticks
 
 
 cdef class NativeLSTM:
@@ -483,6 +587,112 @@ cdef class NativeLSTM:
             s.score = &score[0]
         with nogil:
             cs_step(&part, &ids[0], &self._logits[0, 0], &s)
+
+    def tick_rows(self, int rows, int max_ticks, const int64_t[::1] slot, int32_t[::1] next_ids,
+                  int64_t[::1] feed_left, const int32_t[:, ::1] prime, int64_t[::1] prime_pos,
+                  const double[::1] temperature, const int[::1] top_k, const double[:, ::1] u,
+                  int64_t[::1] u_pos, int32_t[:, ::1] ring, int64_t[::1] written,
+                  const int64_t[::1] read, const int64_t[::1] limit, const int64_t[::1] watch,
+                  uint8_t[::1] hit, const double[::1] top_p=None, const double[::1] min_p=None,
+                  const uint8_t[:, ::1] stop_end=None):
+        """Up to `max_ticks` ticks of a serving batch's rows `0 .. rows - 1`, with
+        the bookkeeping between ticks done here, without the GIL
+        (`charstream.serving.slots.Slots.work` holds the arrays and is the plain
+        twin: the same ticks, one Python loop each). Row b serves slot
+        `slot[b]`: it feeds `next_ids[s]`; while `feed_left[s] > 0` it takes the
+        argmax and moves on through `prime[s]`, else it samples with
+        `u[s, u_pos[s]]` under the slot's settings into `ring[s]` until
+        `written[s]` reaches `limit[s]`. Stops after the first tick that ends a
+        row, fills a ring (`written - read` = its length), gives a slot of
+        `watch` its first id, uses a slot's last uniform, or samples an id with
+        `stop_end[s, id]` (`hit[b]` = 1 for those rows).
+
+        Returns:
+            `(ticks, sampled)`: ticks run and ids written, all rows together.
+
+        Raises:
+            ValueError: for arrays of the wrong shapes, a slot out of range, a
+                bad sampling setting, or an id out of range (nothing is
+                stepped from that tick on).
+        """
+        cdef Py_ssize_t slots = next_ids.shape[0], b
+        cdef int64_t s
+        cdef int depth = self.net.depth
+        if not 0 <= rows <= self.net.batch:
+            raise ValueError(f"rows must be in [0, {self.net.batch}], got {rows}")
+        if max_ticks < 1:
+            raise ValueError(f"expected a positive max_ticks, got {max_ticks}")
+        if slot.shape[0] < rows or hit.shape[0] < rows:
+            raise ValueError(f"slot and hit must hold at least {rows} values, got "
+                             f"{slot.shape[0]} and {hit.shape[0]}")
+        for arr, name in ((feed_left, "feed_left"), (prime_pos, "prime_pos"),
+                          (temperature, "temperature"), (top_k, "top_k"), (u_pos, "u_pos"),
+                          (written, "written"), (read, "read"), (limit, "limit"),
+                          (top_p, "top_p"), (min_p, "min_p")):
+            if arr is not None and arr.shape[0] != slots:
+                raise ValueError(f"{name} must hold {slots} values (one per slot), got "
+                                 f"{arr.shape[0]}")
+        for arr, name in ((prime, "prime"), (u, "u"), (ring, "ring"), (stop_end, "stop_end")):
+            if arr is not None and arr.shape[0] != slots:
+                raise ValueError(f"{name} must have {slots} rows (one per slot), got "
+                                 f"{arr.shape[0]}")
+        if (top_p is None) != (min_p is None):
+            raise ValueError("top_p and min_p go together")
+        if stop_end is not None and stop_end.shape[1] != depth:
+            raise ValueError(f"stop_end must have {depth} columns, got {stop_end.shape[1]}")
+        if ring.shape[1] < 1 or u.shape[1] < 1 or prime.shape[1] < 1:
+            raise ValueError("ring, u and prime need at least one column")
+        for b in range(watch.shape[0]):
+            if not 0 <= watch[b] < slots:
+                raise ValueError(f"watch[{b}] = {watch[b]} is not a slot (0 to {slots - 1})")
+        for b in range(rows):
+            s = slot[b]
+            if not 0 <= s < slots:
+                raise ValueError(f"slot[{b}] = {s} is not a slot (0 to {slots - 1})")
+            _check_rule(temperature[s], 1.0 if top_p is None else top_p[s],
+                        0.0 if min_p is None else min_p[s], f"[{s}]")
+            if not (0 <= u_pos[s] < u.shape[1] and 0 <= feed_left[s]
+                    and 0 <= prime_pos[s] and prime_pos[s] + feed_left[s] < prime.shape[1]):
+                raise ValueError(f"slot {s}: u_pos {u_pos[s]}, prime_pos {prime_pos[s]} and "
+                                 f"feed_left {feed_left[s]} must lie inside u and prime")
+        if rows == 0:
+            return 0, 0
+        cdef cs_net part = self.net   # the same buffers, the first `rows` streams
+        part.batch = rows
+        scratch = np.zeros((4, rows), np.float64)
+        cdef double[:, ::1] sv = scratch
+        cdef int32_t[::1] iv = np.zeros(rows, np.int32), ov = np.zeros(rows, np.int32)
+        cdef int[::1] kv = np.zeros(rows, np.intc)
+        cdef _Book k
+        k.rows, k.depth, k.max_prime = rows, depth, prime.shape[1]
+        k.uniforms, k.buffer, k.n_watch = u.shape[1], ring.shape[1], watch.shape[0]
+        k.slot, k.next, k.feed_left = &slot[0], &next_ids[0], &feed_left[0]
+        k.prime, k.prime_pos = &prime[0, 0], &prime_pos[0]
+        k.temperature, k.top_k = &temperature[0], &top_k[0]
+        k.top_p = k.min_p = NULL
+        if top_p is not None:
+            k.top_p, k.min_p = &top_p[0], &min_p[0]
+        k.u, k.u_pos, k.ring = &u[0, 0], &u_pos[0], &ring[0, 0]
+        k.written, k.read, k.limit = &written[0], &read[0], &limit[0]
+        k.stop_end = NULL if stop_end is None else &stop_end[0, 0]
+        k.watch = &watch[0] if watch.shape[0] else NULL
+        k.hit, k.ids, k.k_row = &hit[0], &iv[0], &kv[0]
+        k.t_row, k.u_row, k.p_row, k.m_row = &sv[0, 0], &sv[1, 0], &sv[2, 0], &sv[3, 0]
+        cdef cs_sampling smp
+        _zero(&smp)
+        smp.temperature, smp.top_k, smp.u = k.t_row, k.k_row, k.u_row
+        smp.out, smp.p = &ov[0], &self._p[0, 0]
+        if top_p is not None:
+            smp.top_p, smp.min_p = k.p_row, k.m_row
+        cdef int ticks
+        cdef int64_t sampled = 0
+        with nogil:
+            ticks = _book_ticks(&part, &self._logits[0, 0], &smp, &k, max_ticks, &sampled)
+        if ticks < 0:
+            b = -1 - ticks
+            raise ValueError(f"row {b} (slot {slot[b]}): id {next_ids[slot[b]]} is out of "
+                             f"range for depth {depth}")
+        return ticks, sampled
 
     def copy_row(self, int src, int dst):
         """Give stream `dst` the state of stream `src` (every layer's h and c)."""

@@ -71,7 +71,9 @@ def test_cancelled_requests_free_their_rows_and_the_rest_are_unharmed(trained_ru
              for k in range(6)]
 
     async def main():
-        engine = Engine.load(trained_run, max_streams=3, flush=0.002)
+        # A ring of 64: a row runs at most 64 ids ahead of its reader, so a
+        # cancel after 40 read always lands before the 300th id, however fast the step.
+        engine = Engine.load(trained_run, max_streams=3, flush=0.002, buffer=64)
         async with engine:
             tasks = [_collect(engine, s, cancel_after=40 if k % 2 else None)
                      for k, s in enumerate(specs)]

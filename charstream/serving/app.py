@@ -30,7 +30,8 @@ import uuid
 from pathlib import Path
 
 from .engine import Engine, QueueFull, ShuttingDown
-from .http import EventStream, HostCheck, HttpLimits, json_error, read_json, until_disconnected
+from .http import (DONE, EventStream, HostCheck, HttpLimits, json_error, read_json,
+                   until_disconnected)
 from .metrics import Metrics, Timing
 from . import sessions
 from .request import RequestError, shown
@@ -293,18 +294,19 @@ async def _events(answer: _Answer, engine, include_usage: bool):
                 yield answer.frame(text)
     finally:
         await answer.end(None)
+    # The last events travel as one frame, ending with `[DONE]`: one write, the
+    # body's end included (`EventStream`).
     if job.finish_reason == "error":
         error = {"message": f"the engine failed ({engine.failure})", "type": "server_error",
                  "param": None, "code": "engine_error"}
-        yield f"data: {json.dumps({'error': error})}\n\n"
+        last = [{"error": error}]
     else:
         answer.timing.done()
-        yield f"data: {json.dumps({**answer.chunk('', job.finish_reason), **answer.session_field()})}\n\n"
+        last = [{**answer.chunk("", job.finish_reason), **answer.session_field()}]
         if include_usage:
-            usage = {**_chunk(answer.id, answer.created, answer.model, "", None),
-                     "choices": [], "usage": job.usage}
-            yield f"data: {json.dumps(usage)}\n\n"
-    yield "data: [DONE]\n\n"
+            last.append({**_chunk(answer.id, answer.created, answer.model, "", None),
+                         "choices": [], "usage": job.usage})
+    yield "".join(f"data: {json.dumps(event)}\n\n" for event in last) + DONE
 
 
 async def _record_of(request):

@@ -26,7 +26,8 @@ adapts to load: beyond `PULSE_READERS` active streams it grows in proportion
 (each event carries more characters, and the events a second stay about
 `PULSE_READERS / flush`), never above `MAX_PULSE` (100 ms). A new request's
 first characters are not held for the pulse: the tick that produces them wakes
-the readers at once. A reader
+their readers alone, at once; so does a request's end (the others' pulse is not
+due: waking every reader at each end made bursts of tiny events). A reader
 that falls `buffer` characters behind (a client that stopped reading) is parked:
 its state is saved and its row freed, so it costs the others nothing; it
 resumes when it reads again, and is cancelled ("stalled") after `stall_timeout`
@@ -277,7 +278,7 @@ class Engine:
 
 class _TickLoop:
     """The loop between the scheduler and the slots, and the readers' handle
-    (`pulse`, `wake`, `read`, `produced`): what a `Request` talks to."""
+    (`wake`, `wait`, `read`, `produced`): what a `Request` talks to."""
 
     def __init__(self, scheduler: Scheduler, slots: Slots, vocab: Vocabulary, flush: float,
                  fingerprint: str):
@@ -287,7 +288,7 @@ class _TickLoop:
         self.chars = vocab.chars
         self._ascii = (bytes(ord(c) for c in vocab.chars).ljust(256, b"?")
                        if all(ord(c) < 128 for c in vocab.chars) else None)
-        self.pulse, self._wake = asyncio.Event(), asyncio.Event()
+        self._wake = asyncio.Event()
         self.closing = False
         self.failure: str | None = None
         self.on_failure = None
@@ -297,12 +298,22 @@ class _TickLoop:
             1, "charstream-engine", initializer=_lower_priority)
         self._last_pulse = 0.0
         self._fresh: list[Request] = []      # placed, nothing sent yet
+        self._waiting: dict[int, Request] = {}    # readers waiting, by id
 
     # ------------------------------------------------------------------ the readers' handle
 
     def wake(self) -> None:
         """Something changed that the loop must look at (a request, a cancel, a read)."""
         self._wake.set()
+
+    def wait(self, req: Request) -> None:
+        """`req`'s reader waits on `req.wakeup`: set by the next pulse, or at
+        once by the tick that makes its first text or by its end."""
+        self._waiting[id(req)] = req
+
+    def _wake_reader(self, req: Request) -> None:
+        req.wakeup.set()
+        self._waiting.pop(id(req), None)
 
     def produced(self, req: Request) -> int:
         if req.slot >= 0 and self.slots.owner[req.slot] is req:
@@ -439,9 +450,10 @@ class _TickLoop:
                  or slots.written[req.slot] > 0 or (req.checked.echo
                                                     and slots.feed_left[req.slot] == 0)]
         for req in ready:
-            req.first_ready.set()
+            self._wake_reader(req)
         if ready:
-            self._fresh = [req for req in fresh if not req.first_ready.is_set()]
+            woken = set(map(id, ready))
+            self._fresh = [req for req in fresh if id(req) not in woken]
 
     async def _sleep(self, timeout: float | None) -> None:
         """Until woken or `timeout` passes. (Not `asyncio.wait_for`: on Python 3.11
@@ -459,15 +471,16 @@ class _TickLoop:
         self._fresh.extend(decision.place)
         if decision.free:
             self._wake.set()  # a waiting request may take a slot
-        if decision.ended:
-            self.broadcast()
+        for req in decision.ended:    # only its reader: the others' pulse is not due
+            self._wake_reader(req)
 
     def broadcast(self) -> None:
-        """Wake every reader: the pulse is set and a fresh one takes its place
-        (and those still waiting for their first text are checked)."""
-        pulse, self.pulse = self.pulse, asyncio.Event()
+        """The pulse: wake every waiting reader (and check those still
+        waiting for their first text)."""
         self._last_pulse = time.monotonic()
-        pulse.set()
+        waiting, self._waiting = self._waiting, {}
+        for req in waiting.values():
+            req.wakeup.set()
         if self._fresh:
             self._wake_first()
 

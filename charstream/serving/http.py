@@ -19,10 +19,14 @@ import asyncio
 import dataclasses
 import json
 import logging
+import weakref
 
 from .request import RequestError
 
 log = logging.getLogger("charstream.serve")
+
+DONE = "data: [DONE]\n\n"       # an event stream's last event
+DONE_BYTES = DONE.encode()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +87,7 @@ async def read_json(request, limits: HttpLimits):
         raise RequestError(None, "the body must be JSON, sent with Content-Type: "
                            f"application/json (got {kind[:60]!r})", status=415)
     try:
-        raw = await asyncio.wait_for(_body(request, limits), limits.body_timeout)
+        raw = await _within(_body(request, limits), limits.body_timeout)
     except asyncio.TimeoutError:
         raise RequestError(None, f"the body did not arrive within {limits.body_timeout:g} s",
                            status=408) from None
@@ -96,6 +100,16 @@ async def read_json(request, limits: HttpLimits):
     if _depth(body) > limits.max_depth:
         raise RequestError(None, f"the JSON body is nested more than {limits.max_depth} deep")
     return body
+
+
+async def _within(work, seconds: float):
+    """`await work`, or TimeoutError after `seconds`. Python 3.11's
+    `asyncio.timeout` is a timer on the running task; `wait_for` (3.10) makes a
+    task of its own for every request body."""
+    if not hasattr(asyncio, "timeout"):
+        return await asyncio.wait_for(work, seconds)
+    async with asyncio.timeout(seconds):
+        return await work
 
 
 async def _disconnected(receive) -> None:
@@ -123,7 +137,9 @@ class EventStream:
     Each write must complete within `write_timeout` seconds: a client that stops
     reading has its connection closed then, and the iterator is closed (so the
     request it reads is cancelled and its row freed). A client that leaves ends
-    it at once.
+    it at once. A frame ending with `DONE` is the last: the body ends with it,
+    in the same write. Two tasks per stream (the writer, the disconnect watcher); the
+    deadlines of all streams are one timer's (`_WriteWatch`).
     """
 
     HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"),
@@ -131,15 +147,18 @@ class EventStream:
 
     def __init__(self, frames, write_timeout: float):
         self.frames, self.write_timeout = frames, write_timeout
-        self._sending_since: float | None = None   # when the write in progress began
+        self.sending_since: float | None = None    # when the write in progress began
+        self.writer: asyncio.Task | None = None
 
     async def __call__(self, scope, receive, send) -> None:
-        tasks = [asyncio.ensure_future(self._write(send)),
-                 asyncio.ensure_future(_disconnected(receive)),
-                 asyncio.ensure_future(self._watch())]
+        self.writer = asyncio.ensure_future(self._write(send))
+        tasks = [self.writer, asyncio.ensure_future(_disconnected(receive))]
+        watch = _WriteWatch.of_loop()
+        watch.add(self)
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            watch.streams.discard(self)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -149,25 +168,64 @@ class EventStream:
         loop = asyncio.get_running_loop()
         await send({"type": "http.response.start", "status": 200, "headers": self.HEADERS})
         async for frame in self.frames:
-            self._sending_since = loop.time()
+            self.sending_since = loop.time()
             body = frame if isinstance(frame, bytes) else frame.encode()
-            await send({"type": "http.response.body", "body": body, "more_body": True})
-            self._sending_since = None
+            last = body.endswith(DONE_BYTES)    # the body ends in the same write
+            await send({"type": "http.response.body", "body": body, "more_body": not last})
+            self.sending_since = None
+            if last:
+                return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _watch(self) -> None:
-        """Return (ending the response) once a write has waited `write_timeout`:
-        one timer per stream, not one per write. Returning with the body
-        unfinished makes uvicorn close the connection (and say so: `_Quiet`
-        turns that line into ours)."""
+    def timed_out(self) -> None:
+        """A write waited `write_timeout`: the writer is cancelled, which ends the
+        response with its body unfinished, and uvicorn closes the connection
+        (and says so: `_Quiet` turns that line into ours)."""
+        log.warning("closed a stream whose client read nothing for %g s", self.write_timeout)
+        self.writer.cancel()
+
+
+class _WriteWatch:
+    """The write deadlines of every `EventStream` on one event loop, checked by
+    one task every quarter of the shortest timeout (a timer task per stream
+    cost as much as the rest of the stream's bookkeeping at 256 clients)."""
+
+    _loops: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+    def __init__(self):
+        self.streams: set[EventStream] = set()
+        self.task: asyncio.Task | None = None
+        self.period = 0.0                        # seconds between checks
+
+    @classmethod
+    def of_loop(cls) -> "_WriteWatch":
         loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(self.write_timeout / 4)
-            since = self._sending_since
-            if since is not None and loop.time() - since >= self.write_timeout:
-                log.warning("closed a stream whose client read nothing for %g s",
-                            self.write_timeout)
-                return
+        watch = cls._loops.get(loop)
+        if watch is None:
+            watch = cls._loops[loop] = cls()
+        return watch
+
+    def add(self, stream: EventStream) -> None:
+        self.streams.add(stream)
+        period = stream.write_timeout / 4
+        if self.task is not None and not self.task.done() and period < self.period:
+            self.task.cancel()                   # a shorter deadline: check sooner
+            self.task = None
+        if self.task is None or self.task.done():
+            self.period = period
+            self.task = asyncio.ensure_future(self._run())
+        self.period = min(self.period, period)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.streams:
+            await asyncio.sleep(self.period)
+            now = loop.time()
+            for stream in list(self.streams):
+                since = stream.sending_since
+                if since is not None and now - since >= stream.write_timeout:
+                    self.streams.discard(stream)
+                    stream.timed_out()
 
 
 class _Quiet(logging.Filter):

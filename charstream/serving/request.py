@@ -131,21 +131,12 @@ def _spelled(stops: tuple, vocab: Vocabulary) -> tuple:
     return tuple(spelled)
 
 
-async def _either(a: asyncio.Event, b: asyncio.Event) -> None:
-    waiters = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-
-
 class Request:
     """One stream's place in the engine. Read it with `chunks()` or the engine's
     `stream()`; `cancel()` frees its row at the next tick.
 
-    It talks to its engine through the engine's readers' handle only: `pulse`,
-    `wake()`, `read(request)` and `produced(request)`.
+    It talks to its engine through the engine's readers' handle only: `wake()`,
+    `wait(request)`, `read(request)` and `produced(request)`.
     """
 
     def __init__(self, handle, checked: Checked, ids: np.ndarray, draws: Uniforms,
@@ -163,8 +154,7 @@ class Request:
         self.parked_since: float | None = None
         self.saved_state: list | None = None
         self.produced_at_end = 0
-        self.sent_any = False
-        self.first_ready = asyncio.Event()   # set when its first text exists (or it ends)
+        self.wakeup = asyncio.Event()        # wakes its reader (`chunks`)
         self.submitted_at = time.monotonic()
         self.placed_at: float | None = None  # when it got a row
         self.stop_read = 0                   # set by the slots: the stop string it ended at
@@ -216,18 +206,17 @@ class Request:
         """Text as it is produced, a pulse's worth at a time, until the request ends."""
         try:
             while True:
-                pulse = self._handle.pulse
                 text = self.read()
                 if text:
-                    self.sent_any = True
                     yield text
                 elif self.done:
                     return
-                elif self.sent_any:
-                    await pulse.wait()
                 else:
-                    # Until its first text, a reader also waits on its own event:
-                    # the tick that makes that text wakes it alone, at once.
-                    await _either(pulse, self.first_ready)
+                    # Its own event: the pulse wakes every waiting reader; the
+                    # tick that makes a request's first text, and its end, wake
+                    # its reader alone, at once (`_TickLoop.wait`).
+                    self.wakeup.clear()
+                    self._handle.wait(self)
+                    await self.wakeup.wait()
         finally:  # a reader that leaves early lets go of everything
             self.cancel()

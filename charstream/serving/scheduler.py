@@ -39,7 +39,7 @@ class Decision:
     free: list = dataclasses.field(default_factory=list)     # give their slots back
     resume: list = dataclasses.field(default_factory=list)   # parked: a row again
     place: list = dataclasses.field(default_factory=list)    # queued: a slot and a row
-    ended: bool = False                                      # some request finished: wake readers
+    ended: list = dataclasses.field(default_factory=list)    # finished: wake their readers
 
     def __bool__(self) -> bool:
         return bool(self.release or self.park or self.free or self.resume or self.place
@@ -89,7 +89,7 @@ class Scheduler:
         if req.finish_reason is not None:
             return
         req.finish_reason, req.finished_at = reason, now
-        decision.ended = True
+        decision.ended.append(req)
         if req in self.queue:            # never placed
             self.queue.remove(req)
             return
@@ -152,7 +152,7 @@ class Scheduler:
         for req in [r for r in self.queue if r.cancelled]:
             self.queue.remove(req)
             req.finish_reason = "cancelled"
-            decision.ended = True
+            decision.ended.append(req)
         for req in list(self.parked):
             if req.cancelled or now - req.parked_since > self.stall_timeout:
                 self.finish(req, "cancelled" if req.cancelled else "stalled", decision, now)

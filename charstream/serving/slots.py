@@ -20,6 +20,10 @@ from ..streaming.sampling import MAX_LOGPROBS, Uniforms
 from ..streaming.stops import Stops
 
 UNIFORMS = 256      # uniforms drawn per slot at a time
+# Row-steps per call of the C ticks (`Slots.work`): about 1.5 ms of the step on
+# 2 cores, between which the loop looks at its deadline and its wake-ups.
+ROW_STEPS = 2048
+_NO_SLOTS = np.zeros(0, np.int64)
 
 
 class Slots:
@@ -69,6 +73,7 @@ class Slots:
         self.row_slot = np.zeros(size, np.int64)
         self.active = 0
         self.out = np.zeros(size, np.int32)
+        self.hit = np.zeros(size, np.uint8)          # the C ticks' rows that may end a stop
         self.produced = 0                            # ids sampled, all slots together
 
     # ------------------------------------------------------------------ slots
@@ -198,50 +203,88 @@ class Slots:
     # ------------------------------------------------------------------ ticks
 
     def work(self, slots: np.ndarray, deadline: float, interrupted,
-             watch: np.ndarray | None = None) -> int:
+             watch: np.ndarray | None = None, native: bool = True) -> int:
         """Tick the rows of `slots` (the active rows, in order) until one of them
         reaches its limit (or a stop string) or would overwrite unread ids, a
         slot of `watch` (those whose readers wait for a first character) writes
         one, `deadline` passes, or `interrupted()`. Runs in the worker thread: readers
         may drain meanwhile (an id is written before it is counted, and a row
-        stops before it would overwrite what is unread). Returns the ticks run."""
+        stops before it would overwrite what is unread). Returns the ticks run.
+
+        The ticks and their bookkeeping run in C, `ROW_STEPS` row-steps a call
+        without the GIL (`NativeBackend.tick_rows`); with log-probabilities
+        asked for (or `native=False`) one Python loop a tick (`_tick`), the C
+        loop's twin: the same ids, positions and uniforms, held equal by the tests.
+        """
         n, ticks = len(slots), 0
-        out = self.out[:n]
+        watch = _NO_SLOTS if watch is None else watch
+        per_call = max(1, min(UNIFORMS // 2, ROW_STEPS // max(n, 1)))
         while True:
-            feeding = self.feed_left[slots] > 0
-            ids = np.ascontiguousarray(self.next[slots])
-            # Rows still feeding their prime sample nothing: argmax, the cheapest.
-            temperature = np.where(feeding, 0.0, self.temperature[slots])
-            top_k = np.ascontiguousarray(np.where(feeding, 0, self.top_k[slots]), dtype=np.intc)
-            u = self.u[slots, self.u_pos[slots]]
-            self.net.step_rows(n, ids, temperature, top_k, u, self.out,
-                               **self._optional(slots, feeding))
-            ticks += 1
-            if self.wanting:
-                self._keep_logprobs(slots, feeding)
-            fed = slots[feeding]
-            live = ~feeding & (self.written[slots] < self.limit[slots])
-            sampled, new = slots[live], out[live]
-            self.prime_pos[fed] += 1
-            self.feed_left[fed] -= 1
-            self.next[fed] = self.prime[fed, self.prime_pos[fed]]
-            self.ring[sampled, self.written[sampled] % self.buffer] = new
-            self.written[sampled] += 1
-            self.next[sampled] = new
-            self.u_pos[sampled] += 1
-            self.produced += len(sampled)
-            for slot in sampled[self.u_pos[sampled] == UNIFORMS]:
-                self.u[slot] = self.draws[slot].take(UNIFORMS)
-                self.u_pos[slot] = 0
-            if self.stopping:
-                for slot in sampled[self.stop_end[sampled, new]]:
-                    self._match_stop(slot)
+            if native and not self.wanting:
+                self._top_up(slots, per_call)      # the C loop never runs out mid-call
+                ran, stop_ends = self._ticks(slots, watch, per_call)
+            else:
+                ran, stop_ends = 1, self._tick(slots)
+            ticks += ran
+            self._top_up(slots, 1)                 # none left at the next tick's
+            for slot in stop_ends:
+                self._match_stop(slot)
             written = self.written[slots]
             if (((self.feed_left[slots] == 0) & (written >= self.limit[slots])).any()
                     or (written - self.read[slots] >= self.buffer).any()
-                    or (watch is not None and len(watch) and (self.written[watch] > 0).any())
+                    or (len(watch) and (self.written[watch] > 0).any())
                     or time.monotonic() >= deadline or interrupted()):
                 return ticks
+
+    def _top_up(self, slots: np.ndarray, ticks: int) -> None:
+        """Slots that could use their last uniform within `ticks` ticks get the
+        next ones now, behind those left (the same sequence, drawn earlier)."""
+        for slot in slots[self.u_pos[slots] > UNIFORMS - ticks]:
+            pos = int(self.u_pos[slot])
+            self.u[slot] = np.concatenate([self.u[slot, pos:], self.draws[slot].take(pos)])
+            self.u_pos[slot] = 0
+
+    def _ticks(self, slots: np.ndarray, watch: np.ndarray, ticks: int):
+        """Up to `ticks` ticks in C. Returns `(ticks run, the slots whose last id
+        may end one of their stops)`."""
+        n = len(slots)
+        cut = {"top_p": self.top_p, "min_p": self.min_p} if self.cutting else {}
+        ran, sampled = self.net.tick_rows(
+            n, ticks, slots, self.next, self.feed_left, self.prime, self.prime_pos,
+            self.temperature, self.top_k, self.u, self.u_pos, self.ring, self.written,
+            self.read, self.limit, watch, self.hit, **cut,
+            stop_end=self.stop_end.view(np.uint8) if self.stopping else None)
+        self.produced += sampled
+        return ran, (slots[self.hit[:n].view(bool)] if self.stopping else _NO_SLOTS)
+
+    def _tick(self, slots: np.ndarray) -> np.ndarray:
+        """One tick with its bookkeeping in NumPy: the path of log-probabilities,
+        and the C loop's plain twin. Returns the slots whose new id may end one
+        of their stops."""
+        n = len(slots)
+        out = self.out[:n]
+        feeding = self.feed_left[slots] > 0                   # (n,) bool
+        ids = np.ascontiguousarray(self.next[slots])
+        # Rows still feeding their prime sample nothing: argmax, the cheapest.
+        temperature = np.where(feeding, 0.0, self.temperature[slots])
+        top_k = np.ascontiguousarray(np.where(feeding, 0, self.top_k[slots]), dtype=np.intc)
+        u = self.u[slots, self.u_pos[slots]]
+        self.net.step_rows(n, ids, temperature, top_k, u, self.out,
+                           **self._optional(slots, feeding))
+        if self.wanting:
+            self._keep_logprobs(slots, feeding)
+        fed = slots[feeding]
+        live = ~feeding & (self.written[slots] < self.limit[slots])
+        sampled, new = slots[live], out[live]
+        self.prime_pos[fed] += 1
+        self.feed_left[fed] -= 1
+        self.next[fed] = self.prime[fed, self.prime_pos[fed]]
+        self.ring[sampled, self.written[sampled] % self.buffer] = new
+        self.written[sampled] += 1
+        self.next[sampled] = new
+        self.u_pos[sampled] += 1
+        self.produced += len(sampled)
+        return sampled[self.stop_end[sampled, new]] if self.stopping else _NO_SLOTS
 
     def _optional(self, slots: np.ndarray, feeding: np.ndarray) -> dict:
         """The step's optional per-row arrays, for the features some slot uses."""

@@ -116,6 +116,13 @@ class NativeBackend:
         `top_ids`, `top_lp`), as `NativeLSTM.step_rows` takes them."""
         self._net.step_rows(rows, ids, temperature, top_k, u, out, **optional)
 
+    def tick_rows(self, rows: int, max_ticks: int, slot, *arrays, **optional):
+        """Up to `max_ticks` ticks of a serving batch's rows with its bookkeeping
+        in C, without the GIL: `NativeLSTM.tick_rows` says what it takes
+        (`charstream.serving.slots.Slots.work` is its user and its twin).
+        Returns `(ticks, ids written)`."""
+        return self._net.tick_rows(rows, max_ticks, slot, *arrays, **optional)
+
     def copy_row(self, src: int, dst: int) -> None:
         """Give stream `dst` the state of stream `src`."""
         self._net.copy_row(src, dst)
