@@ -8,8 +8,9 @@ own process on 127.0.0.1; N asyncio clients (uvloop when installed) each stream
 completions of `--tokens` characters back to back (every request a new seed) for
 `--seconds`, then disconnect. Reported: the aggregate characters per second, the
 time to the first character (request sent to first text received; p50 and p99
-over all requests), the longest gap between two chunks of one response (p99 over
-responses), and, beside it, the in-process `StreamGenerator.stream_batch` rate at
+over all requests, and the p99 of those sent a second or more after the start,
+where every client asks at once), the longest gap between two chunks of one
+response (p99 over responses), and, beside it, the in-process `StreamGenerator.stream_batch` rate at
 batch N on the same model (no HTTP, no scheduling): their ratio is what the
 server keeps of the native step. Every finished response is checked against the
 single stream of its seed (`StreamGenerator.load(run, backend="native")`).
@@ -17,14 +18,21 @@ single stream of its seed (`StreamGenerator.load(run, backend="native")`).
 The server's and the clients' CPU seconds over the run are read from /proc
 (`utime + stime` of the server process and its threads; the benchmark's own).
 
+`--engine`: the same clients against an in-process `Engine` (no HTTP, no
+sockets): "Engine / stream_batch" is what the scheduling and the tick loop keep
+of the step, and the gap between it and "HTTP / in-process" is the HTTP layer's.
+
 **Human-speed profile** (`--human N [N ...]`): N clients each open one long
 stream and read it as a person would, 30 characters a second (checked every
 250 ms: a reader that wants its next 7-8 characters takes what has arrived, and
 waits if there is not enough). Reported per N: the p99 wait for the first
 characters, then the p50 and p99 of the readers' later waits (a wait: the time
 from wanting characters to having them, 0 when they were there: the gaps a
-reader sees) and how many texts equal their seed's single stream (the prefix
-read).
+reader sees; the reader's clock starts at its first characters, as a person
+starts reading when the text appears, so the first wait is not counted twice),
+the server's and the readers' CPU (cores: the readers share the machine, and
+at 2,000 of them their own parsing is a core's worth), and how many texts equal
+their seed's single stream (the prefix read). `--server` applies here too.
 The largest N with p99 wait <= 250 ms and every text equal is what one process
 holds. The benchmark raises its file-descriptor limit to the hard limit.
 
@@ -80,6 +88,7 @@ class Client:
     def __init__(self, port: int, index: int, tokens: int):
         self.port, self.index, self.tokens = port, index, tokens
         self.ttfc, self.gaps, self.done = [], [], []   # done: (seed, text) of finished ones
+        self.sent: list[float] = []                    # when each request of `ttfc` was sent
         self.chars = 0
 
     async def run(self, until: float) -> None:
@@ -119,6 +128,7 @@ class Client:
                     now = time.monotonic()
                     if last is None:
                         self.ttfc.append(now - sent)
+                        self.sent.append(sent)
                     else:
                         longest = max(longest, now - last)
                     last = now
@@ -210,7 +220,9 @@ class Reader:
                             have += len(text)
                 wait = 0.0 if waited_from is None else time.monotonic() - waited_from
                 if self.first is None:
-                    self.first = wait
+                    # A person starts reading when the text appears: what came
+                    # with the first characters is read from then on, at `rate`.
+                    self.first, started = wait, time.monotonic() - have / self.rate
                 else:
                     self.waits.append(wait)
                 await asyncio.sleep(self.every)
@@ -219,20 +231,23 @@ class Reader:
         self.text = "".join(parts)
 
 
-def human(run: Path, clients: int, seconds: float) -> str:
+def human(run: Path, clients: int, seconds: float, extra=()) -> str:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     port = free_port()
     server = start_server(run, port, "--max-streams", str(clients), "--max-queue", "0",
-                          "--max-connections", str(clients + 100))
+                          "--max-connections", str(clients + 100), *extra)
     try:
         cpu_before, began = cpu_seconds(server.pid), time.monotonic()
+        own_before = cpu_seconds()
         readers = [Reader(port, k) for k in range(clients)]
 
         async def crowd():
             await asyncio.gather(*(r.run(seconds) for r in readers))
         asyncio.run(crowd())
-        server_cpu = (cpu_seconds(server.pid) - cpu_before) / (time.monotonic() - began)
+        took = time.monotonic() - began
+        server_cpu = (cpu_seconds(server.pid) - cpu_before) / took
+        clients_cpu = (cpu_seconds() - own_before) / took
     finally:
         server.terminate()
         server.wait(30)
@@ -248,7 +263,7 @@ def human(run: Path, clients: int, seconds: float) -> str:
     first = [r.first for r in readers if r.first is not None]
     return (f"| {clients} | {pct(first, 0.99) * 1e3:.0f} ms | {pct(waits, 0.5) * 1e3:.0f} ms "
             f"| {pct(waits, 0.99) * 1e3:.0f} ms | {max(waits) * 1e3:.0f} ms | {server_cpu:.2f} "
-            f"| {good} of {clients} |")
+            f"| {clients_cpu:.2f} | {good} of {clients} |")
 
 
 def in_process_rate(run: Path, batch: int, steps: int = 400) -> float:
@@ -271,6 +286,13 @@ def check(run: Path, crowd) -> tuple[int, int]:
     done = [(seed, text) for c in crowd for seed, text in c.done]
     good = sum(text == gen.generate(len(text), prime=PRIME, seed=seed) for seed, text in done)
     return good, len(done)
+
+
+def after_start(crowd, skip: float = 1.0) -> list[float]:
+    """The first-character times of requests sent `skip` seconds or more after
+    the first: without the start, where every client asks at once."""
+    start = min((t for c in crowd for t in c.sent), default=0.0)
+    return [d for c in crowd for t, d in zip(c.sent, c.ttfc) if t - start >= skip]
 
 
 def pct(values, q) -> float:
@@ -297,9 +319,58 @@ def measure(run: Path, clients: int, seconds: float, tokens: int, extra=()) -> s
     local = in_process_rate(run, clients)
     rate = chars / elapsed
     return (f"| {clients} | {rate:,.0f} | {statistics.median(ttfc) * 1e3:.0f} ms "
-            f"| {pct(ttfc, 0.99) * 1e3:.0f} ms | {pct(gaps, 0.99) * 1e3:.0f} ms | {local:,.0f} "
+            f"| {pct(ttfc, 0.99) * 1e3:.0f} ms | {pct(after_start(crowd), 0.99) * 1e3:.0f} ms "
+            f"| {pct(gaps, 0.99) * 1e3:.0f} ms | {local:,.0f} "
             f"| {rate / local:.2f} | {cpu_server / elapsed:.2f} | {cpu_clients / elapsed:.2f} "
             f"| {good} of {total} |")
+
+
+class EngineClient(Client):
+    """A `Client` of an in-process `Engine`: the same requests, no HTTP."""
+
+    def __init__(self, engine, index: int, tokens: int):
+        super().__init__(0, index, tokens)
+        self.engine = engine
+
+    async def one(self, seed: int, until: float):
+        sent, parts = time.monotonic(), []
+        req = self.engine.submit(prime=PRIME, max_tokens=self.tokens, temperature=1.0, seed=seed)
+        async for text in req.chunks():
+            if not parts:
+                self.ttfc.append(time.monotonic() - sent)
+                self.sent.append(sent)
+            parts.append(text)
+            self.chars += len(text)
+            if time.monotonic() > until:
+                req.cancel()
+                return None                           # cut by the clock: not checked
+        return "".join(parts)
+
+
+def engine_only(run: Path, clients: int, seconds: float, tokens: int) -> str:
+    """The clients of `measure` against `charstream.serving.Engine` in this process:
+    what the engine keeps of the step, before any HTTP."""
+    from charstream.serving.engine import Engine
+
+    async def crowd_of():
+        engine = Engine.load(run, max_streams=clients, max_queue=clients)
+        async with engine:
+            crowd = [EngineClient(engine, k, tokens) for k in range(clients)]
+            began = time.monotonic()
+            await asyncio.gather(*(c.run(began + seconds) for c in crowd))
+            return crowd, time.monotonic() - began
+
+    cpu = cpu_seconds()
+    crowd, elapsed = asyncio.run(crowd_of())
+    cpu = (cpu_seconds() - cpu) / elapsed
+    chars = sum(c.chars for c in crowd)
+    ttfc = [t for c in crowd for t in c.ttfc]
+    good, total = check(run, crowd)
+    local = in_process_rate(run, clients)
+    return (f"| {clients} | {chars / elapsed:,.0f} | {statistics.median(ttfc) * 1e3:.0f} ms "
+            f"| {pct(ttfc, 0.99) * 1e3:.0f} ms | {pct(after_start(crowd), 0.99) * 1e3:.0f} ms "
+            f"| {local:,.0f} | {chars / elapsed / local:.2f} "
+            f"| {cpu:.2f} | {good} of {total} |")
 
 
 def main() -> None:
@@ -314,6 +385,8 @@ def main() -> None:
                         "/tmp/s.db\"")
     parser.add_argument("--human", type=int, nargs="*", default=None, metavar="N",
                         help="run the human-speed profile for these reader counts instead")
+    parser.add_argument("--engine", action="store_true",
+                        help="the same clients against an in-process Engine instead (no HTTP)")
     args = parser.parse_args()
     try:
         import uvloop
@@ -324,15 +397,24 @@ def main() -> None:
         run = args.run or make_run(Path(tmp))
         if args.human is not None:
             print("| readers at 30 chars/s | first characters p99 | wait p50 | wait p99 "
-                  "| longest wait | server CPU (cores) | texts equal |")
-            print("|---|---|---|---|---|---|---|")
+                  "| longest wait | server CPU (cores) | readers CPU (cores) | texts equal |")
+            print("|---|---|---|---|---|---|---|---|")
             for clients in args.human or [500, 1000, 2000]:
-                print(human(run, clients, args.seconds), flush=True)
+                print(human(run, clients, args.seconds, args.server.split()), flush=True)
             return
-        print("| clients | characters/s | first character p50 | p99 | longest gap p99 "
+        if args.engine:
+            print("| clients | characters/s | first character p50 | p99 | p99 after 1 s "
+                  "| in-process stream_batch chars/s | Engine / stream_batch | CPU (cores) "
+                  "| texts equal |")
+            print("|---|---|---|---|---|---|---|---|---|")
+            for clients in args.clients:
+                print(engine_only(run, clients, args.seconds, args.tokens), flush=True)
+            return
+        print("| clients | characters/s | first character p50 | p99 | p99 after 1 s "
+              "| longest gap p99 "
               "| in-process stream_batch chars/s | HTTP / in-process | server CPU (cores) "
               "| clients CPU (cores) | texts equal |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for clients in args.clients:
             print(measure(run, clients, args.seconds, args.tokens, args.server.split()),
                   flush=True)
