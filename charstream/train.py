@@ -10,6 +10,7 @@ the end. Ctrl-C or SIGTERM stops after the current step and says how to continue
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 
@@ -22,8 +23,18 @@ PROG = "python -m charstream.train"
 
 
 def _on_stop_signal(signum, frame):
+    """Inside `fit`, the first signal only sets the flag and `StopWhenAsked` stops
+    after the current step: an exception raised at an arbitrary bytecode can land
+    in Python code that TensorFlow called from C++ (a dataset's or an iterator's
+    callback), which is no place to unwind. Outside `fit`, or on a second signal,
+    it stops at once."""
     from .training.callbacks import StopFlag  # installed once TensorFlow has started
 
+    if StopFlag.fitting and not StopFlag.requested:
+        StopFlag.requested = True
+        # os.write, not print: the handler may run inside a print to stderr.
+        os.write(2, b"\nstopping after this step (signal again to stop at once)\n")
+        return
     StopFlag.requested = True
     raise KeyboardInterrupt
 
@@ -112,7 +123,7 @@ def main(argv=None) -> int:
     from .training.distribute import Cluster
     from .training.fit import train
 
-    StopFlag.requested = False
+    StopFlag.requested = StopFlag.fitting = False
     # SIGINT only where it is not ignored (a background job's shell ignores it).
     previous = {sig: signal.signal(sig, _on_stop_signal) for sig in (signal.SIGINT, signal.SIGTERM)
                 if sig == signal.SIGTERM or signal.getsignal(sig) is not signal.SIG_IGN}
@@ -135,6 +146,7 @@ def main(argv=None) -> int:
             raise
         return _cli.fail(PROG, message, status=1)
     finally:
+        StopFlag.fitting = False  # fit may have left by an exception
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     _print_summary(trained.summary, the_plan.run)

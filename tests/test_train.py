@@ -193,34 +193,51 @@ def test_a_kill_during_the_history_write_loses_nothing(tmp_path, corpus_file):
     assert [r["epoch"] for r in _rows(run)] == ["0", "1", "2"]
     assert not [p for p in run.rglob("*") if ".tmp" in p.name]
 
-def test_a_swallowed_interrupt_still_stops_training_at_the_next_batch(tmp_path):
-    # Python drops an exception raised in a __del__, so a signal that lands in
-    # one only sets the flag; the first callback turns it into the interrupt.
+def test_a_stop_asked_during_fit_ends_it_after_the_current_step():
+    # Inside fit the handler only sets the flag; StopWhenAsked raises after the
+    # step, or at fit's start if the signal came before it, and marks when it watches.
     from charstream.training.callbacks import StopFlag, StopWhenAsked
 
     stop = StopWhenAsked(StopFlag)
-    stop.on_train_batch_end(0)  # nothing asked
-    StopFlag.requested = True
     try:
+        stop.on_train_begin()
+        assert StopFlag.fitting
+        stop.on_train_batch_end(0)  # nothing asked
+        StopFlag.requested = True
+        for hook in (stop.on_train_batch_end, stop.on_test_batch_end, stop.on_epoch_end):
+            with pytest.raises(KeyboardInterrupt):
+                hook(0)
         with pytest.raises(KeyboardInterrupt):
-            stop.on_train_batch_end(0)
+            stop.on_train_begin()
+        stop.on_train_end()
+        assert not StopFlag.fitting
     finally:
-        StopFlag.requested = False
+        StopFlag.requested = StopFlag.fitting = False
 
 
-def test_sigint_stops_cleanly_and_says_how_to_resume(tmp_path, corpus_file):
+def _stop_a_run(tmp_path, corpus_file, signals):
+    """Start a small windows run, send `signals` once epoch 1's checkpoint is on
+    disk, and return `(returncode, stderr)`. faulthandler: a crash shows its stack."""
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "charstream.train", "--data", str(corpus_file), "--units", "16",
-           "--mode", "windows", "--batch-size", "8", "--samples", "8000", "--epochs", "5",
-           "--out", str(run)]
+    cmd = [sys.executable, "-X", "faulthandler", "-m", "charstream.train", "--data",
+           str(corpus_file), "--units", "16", "--mode", "windows", "--batch-size", "8",
+           "--samples", "8000", "--epochs", "5", "--out", str(run)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (run / "checkpoints" / "epoch-0001.keras").exists() and time.time() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    for sig in signals:
+        proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
-    assert f"--resume {run}" in err and "Traceback" not in err
+    return proc.returncode, err
+
+
+@pytest.mark.parametrize("signals", [[signal.SIGTERM], [signal.SIGINT, signal.SIGINT]],
+                         ids=["sigterm", "sigint-twice"])
+def test_a_stop_signal_stops_cleanly_and_says_how_to_resume(tmp_path, corpus_file, signals):
+    code, err = _stop_a_run(tmp_path, corpus_file, signals)
+    assert code == 130, err
+    assert f"--resume {tmp_path / 'run'}" in err and "Traceback" not in err, err
 
 
 def test_a_stream_run_prints_nothing_on_stderr(tmp_path, corpus_file):

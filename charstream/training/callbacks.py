@@ -24,22 +24,29 @@ import numpy as np
 
 
 class StopFlag:
-    """Set by the command line's SIGINT/SIGTERM handler. The handler raises
-    KeyboardInterrupt at once, but one that lands while a `__del__` runs
-    (TensorFlow frees iterators at every epoch's end, just when a checkpoint
-    appears) is swallowed by Python, so `StopWhenAsked` also checks the flag
-    after every step."""
+    """Set by the command line's SIGINT/SIGTERM handler; `StopWhenAsked` stops
+    `fit` after the step in which it was set. `fitting` tells the handler that
+    `StopWhenAsked` is watching (between `fit`'s start and end), so it need not
+    raise KeyboardInterrupt itself."""
 
     requested = False
+    fitting = False
 
 
 class StopWhenAsked(keras.callbacks.Callback):
-    """Raise KeyboardInterrupt after the step in which `flag.requested` was set
-    (by a signal handler whose own KeyboardInterrupt may have been swallowed)."""
+    """Raise KeyboardInterrupt after the step (or the validation step, or the
+    epoch's end) in which `flag.requested` was set by a signal handler."""
 
     def __init__(self, flag):
         super().__init__()
         self.flag = flag
+
+    def on_train_begin(self, logs=None):
+        self.flag.fitting = True
+        self.on_train_batch_end(0)  # a signal that came before fit started
+
+    def on_train_end(self, logs=None):
+        self.flag.fitting = False
 
     def on_train_batch_end(self, batch, logs=None):
         if self.flag.requested:
