@@ -2,6 +2,7 @@
 
     python benchmarks/recipes.py                        # every recipe (about an hour here)
     python benchmarks/recipes.py --only default tutorial
+    python benchmarks/recipes.py --only default --repeat 5   # five runs, then their spread
     python benchmarks/recipes.py --list
 
 Each recipe is `python -m charstream.train` with the flags below, in a fresh run
@@ -57,8 +58,10 @@ def describe(run: Path) -> str:
     return ", ".join(parts)
 
 
-def run_recipe(name: str, out: Path) -> str:
-    """Train one recipe, evaluate it, and return its table row."""
+def run_recipe(name: str, out: Path) -> tuple[str, dict]:
+    """Train one recipe in `out`, evaluate it, and return its table row and
+    its numbers (`seconds`, `stream_nats`)."""
+    out.mkdir(parents=True, exist_ok=True)
     run = out / name
     flags = RECIPES[name][1]
     started = time.perf_counter()
@@ -70,8 +73,20 @@ def run_recipe(name: str, out: Path) -> str:
          "--backend", "native"], check=True, capture_output=True, text=True).stdout)
     summary = json.loads((run / "summary.json").read_text())
     nats = lambda key: f"{scores[key]:.3f} nats = {scores[key] / math.log(2):.3f} bits"
-    return (f"| `{name}` | {describe(run)} | {summary['seconds']:.0f} s ({wall:.0f} s in all) "
-            f"| {summary['train_loss']:.3f} | {nats('window_nats')} | {nats('stream_nats')} |")
+    row = (f"| `{name}` | {describe(run)} | {summary['seconds']:.0f} s ({wall:.0f} s in all) "
+           f"| {summary['train_loss']:.3f} | {nats('window_nats')} | {nats('stream_nats')} |")
+    return row, {"seconds": summary["seconds"], "stream_nats": scores["stream_nats"]}
+
+
+def spread(name: str, runs: list[dict]) -> str:
+    """One line on `runs` of one recipe: training times and whether the
+    held-out losses are one and the same (the same seed, the same model)."""
+    times = sorted(r["seconds"] for r in runs)
+    losses = sorted({r["stream_nats"] for r in runs})
+    same = (f"the same held-out loss in every run ({losses[0]:.4f} nats)" if len(losses) == 1
+            else f"held-out losses {losses[0]:.4f} to {losses[-1]:.4f} nats")
+    return (f"{name}: {len(runs)} runs, training {times[0]:.0f} s to {times[-1]:.0f} s "
+            f"(median {times[len(times) // 2]:.0f} s); {same}")
 
 
 def main() -> None:
@@ -79,8 +94,13 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=list(RECIPES), default=list(RECIPES))
     parser.add_argument("--out", type=Path, default=None,
                         help="keep the run directories here (default: a temporary folder)")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+                        help="train each recipe N times (fresh run directories), then print "
+                             "the spread of their training times and held-out losses")
     parser.add_argument("--list", action="store_true", help="print the recipes' flags and exit")
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error(f"--repeat: expected a positive integer, got {args.repeat}")
     if args.list:
         for name, (what, flags) in RECIPES.items():
             print(f"{name:9} {what}: python -m charstream.train {' '.join(flags)}")
@@ -94,8 +114,16 @@ def main() -> None:
         print("| recipe | settings | training time | train loss | held-out, windowed "
               "| held-out, one stream |")
         print("|---|---|---|---|---|---|")
+        spreads = []
         for name in args.only:
-            print(run_recipe(name, out), flush=True)
+            runs = []
+            for k in range(args.repeat):
+                row, numbers = run_recipe(name, out / f"{k + 1}" if args.repeat > 1 else out)
+                print(row, flush=True)
+                runs.append(numbers)
+            spreads.append(spread(name, runs))
+        if args.repeat > 1:
+            print("\n".join(spreads))
 
 
 if __name__ == "__main__":
