@@ -85,6 +85,9 @@ class TrainConfig:
         "features is dropped (for layer 1, the one-hot characters)")
     recurrent_dropout: float = _setting(
         0.0, "recurrent dropout of each LSTM, in [0, 1) (non-zero disables cuDNN)")
+    output_dropout: float = _setting(
+        0.0, "dropout on each LSTM's outputs (what the next LSTM and the softmax read), "
+        "in [0, 1): the same units dropped at every step of a batch (variational)")
     batch_size: int = _setting(
         32, "stream: contiguous streams; windows: windows per training step, per "
         "replica under --strategy mirrored or multiworker")
@@ -142,7 +145,7 @@ class TrainConfig:
                      "steps_per_execution"):
             _checks.positive_int(getattr(self, name), name, err)
         _checks.optional_positive_int(self.samples, "samples", "'all'", err)
-        for name in ("dropout", "recurrent_dropout", "val_fraction"):
+        for name in ("dropout", "recurrent_dropout", "output_dropout", "val_fraction"):
             _checks.fraction(getattr(self, name), name, err)
         _checks.positive_number(self.learning_rate, "learning_rate", err)
         _checks.positive_number(self.lr_final, "lr_final", err)

@@ -11,7 +11,7 @@ from . import _checks
 
 
 def check_architecture(seq_len=16, depth=36, units=128, layers=1, dropout=0.0,
-                       recurrent_dropout=0.0, learning_rate=1e-3) -> None:
+                       recurrent_dropout=0.0, learning_rate=1e-3, output_dropout=0.0) -> None:
     """Raise `ValueError` naming the first out-of-range model setting."""
     _checks.positive_int(seq_len, "seq_len")
     _checks.positive_int(depth, "depth")
@@ -21,6 +21,7 @@ def check_architecture(seq_len=16, depth=36, units=128, layers=1, dropout=0.0,
     _checks.positive_int(layers, "layers")
     _checks.fraction(dropout, "dropout")
     _checks.fraction(recurrent_dropout, "recurrent_dropout")
+    _checks.fraction(output_dropout, "output_dropout")
     _checks.positive_number(learning_rate, "learning_rate")
 
 
@@ -33,14 +34,22 @@ def _compile(model: keras.Model, loss: str, learning_rate: float,
 
 
 def _lstm_stack(x, units: int, layers: int, dropout: float, recurrent_dropout: float,
-                unroll: bool, stateful: bool = False, sequences: bool = False):
+                unroll: bool, stateful: bool = False, sequences: bool = False,
+                output_dropout: float = 0.0):
     """`layers` LSTMs on `x`; all but the last return sequences (the last too if
-    `sequences`)."""
+    `sequences`). With `output_dropout`, a `Dropout` after each LSTM whose mask is
+    the same at every step of a sequence (`noise_shape` `(batch, 1, units)`: the
+    variational dropout of Gal & Ghahramani, AWD-LSTM's "locked" dropout); it has
+    no weights, and the inference copies leave it out."""
     for k in range(layers):
+        whole = sequences or k < layers - 1
         x = keras.layers.LSTM(
-            units, return_sequences=sequences or k < layers - 1, dropout=dropout,
+            units, return_sequences=whole, dropout=dropout,
             recurrent_dropout=recurrent_dropout, stateful=stateful, unroll=unroll,
             name=f"lstm_{k + 1}")(x)
+        if output_dropout:
+            x = keras.layers.Dropout(output_dropout, noise_shape=(x.shape[0], 1, units)
+                                     if whole else None, name=f"lstm_{k + 1}_out")(x)
     return x
 
 
@@ -48,7 +57,8 @@ def build_training_model(seq_len: int = 16, depth: int = 36, units: int = 128,
                          layers: int = 1, dropout: float = 0.0,
                          recurrent_dropout: float = 0.0,
                          learning_rate: float = 1e-3, unroll: bool = False,
-                         steps_per_execution: int = 1) -> keras.Model:
+                         steps_per_execution: int = 1,
+                         output_dropout: float = 0.0) -> keras.Model:
     """The tutorial's model: `LSTM(units)` over `seq_len` one-hot steps, then softmax.
 
     With the defaults it has 89,124 parameters (84,480 in the LSTM, 4,644 in the
@@ -67,6 +77,8 @@ def build_training_model(seq_len: int = 16, depth: int = 36, units: int = 128,
         unroll: unroll the `seq_len` steps into the graph (faster on a CPU for
             short windows; disables cuDNN).
         steps_per_execution: training steps per call into the compiled graph.
+        output_dropout: dropout on each LSTM's outputs, in `[0, 1)`, the same
+            units at every step of a sequence (a `Dropout` layer after each LSTM).
 
     Returns:
         A compiled `keras.Model` mapping `(batch, seq_len, depth)` to
@@ -76,9 +88,10 @@ def build_training_model(seq_len: int = 16, depth: int = 36, units: int = 128,
         ValueError: for any setting out of range.
     """
     check_architecture(seq_len, depth, units, layers, dropout, recurrent_dropout,
-                       learning_rate)
+                       learning_rate, output_dropout)
     inputs = keras.Input((seq_len, depth), name="chars")
-    x = _lstm_stack(inputs, units, layers, dropout, recurrent_dropout, unroll)
+    x = _lstm_stack(inputs, units, layers, dropout, recurrent_dropout, unroll,
+                    output_dropout=output_dropout)
     outputs = keras.layers.Dense(depth, activation="softmax", name="next_char")(x)
     model = keras.Model(inputs, outputs, name="charstream_train")
     return _compile(model, "categorical_crossentropy", learning_rate, steps_per_execution)
@@ -87,7 +100,8 @@ def build_training_model(seq_len: int = 16, depth: int = 36, units: int = 128,
 def build_stream_model(batch_size: int = 32, seq_len: int = 16, depth: int = 36,
                        units: int = 128, layers: int = 1, dropout: float = 0.0,
                        recurrent_dropout: float = 0.0, learning_rate: float = 1e-3,
-                       unroll: bool = False, steps_per_execution: int = 1) -> keras.Model:
+                       unroll: bool = False, steps_per_execution: int = 1,
+                       output_dropout: float = 0.0) -> keras.Model:
     """The same layers for carried-state training (`--mode stream`).
 
     Every LSTM is `stateful=True` and returns its whole sequence, so the Dense
@@ -99,7 +113,7 @@ def build_stream_model(batch_size: int = 32, seq_len: int = 16, depth: int = 36,
     Args:
         batch_size: streams (a stateful model has a fixed batch).
         seq_len, depth, units, layers, dropout, recurrent_dropout, learning_rate,
-            unroll, steps_per_execution: as `build_training_model`.
+            unroll, steps_per_execution, output_dropout: as `build_training_model`.
 
     Returns:
         A compiled `keras.Model` mapping `(batch_size, seq_len, depth)` to
@@ -110,10 +124,10 @@ def build_stream_model(batch_size: int = 32, seq_len: int = 16, depth: int = 36,
     """
     _checks.positive_int(batch_size, "batch_size")
     check_architecture(seq_len, depth, units, layers, dropout, recurrent_dropout,
-                       learning_rate)
+                       learning_rate, output_dropout)
     inputs = keras.Input(batch_shape=(batch_size, seq_len, depth), name="chars")
     x = _lstm_stack(inputs, units, layers, dropout, recurrent_dropout, unroll,
-                    stateful=True, sequences=True)
+                    stateful=True, sequences=True, output_dropout=output_dropout)
     outputs = keras.layers.Dense(depth, activation="softmax", name="next_char")(x)
     model = keras.Model(inputs, outputs, name="charstream_stream_train")
     return _compile(model, "sparse_categorical_crossentropy", learning_rate,

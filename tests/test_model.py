@@ -35,6 +35,7 @@ def test_stacked_layers():
     (dict(depth=300), "depth must be at most 256"),
     (dict(dropout=-0.1), r"dropout must be in \[0, 1\), got -0.1"),
     (dict(recurrent_dropout=1.0), "recurrent_dropout"),
+    (dict(output_dropout=1.5), r"output_dropout must be in \[0, 1\), got 1.5"),
     (dict(learning_rate=0), "learning_rate"),
 ])
 def test_bad_architecture(kwargs, match):
@@ -70,6 +71,27 @@ def test_inference_copy_matches_windowed_model_on_random_weights(depth, units, l
         expected = np.asarray(train_model(window, training=False))[0]
         got = _stream_probs(stream_model, ids, depth)
         assert np.max(np.abs(got - expected)) <= 1e-5
+
+
+def test_output_dropout_drops_the_same_units_at_every_step():
+    import keras
+
+    from charstream.model import build_stream_model
+
+    model = build_stream_model(batch_size=4, seq_len=6, depth=5, units=8, layers=2,
+                               output_dropout=0.5)
+    drops = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
+    assert [d.name for d in drops] == ["lstm_1_out", "lstm_2_out"]
+    ones = np.ones((4, 6, 8), "float32")
+    kept = np.asarray(drops[0](ones, training=True)) != 0            # (4, 6, 8) bool
+    assert (kept == kept[:, :1]).all() and 0 < kept.mean() < 1       # one mask per sequence
+    np.testing.assert_array_equal(drops[0](ones, training=False), ones)
+    # Without weights of their own, they change nothing the copies take.
+    plain = build_stream_model(batch_size=4, seq_len=6, depth=5, units=8, layers=2)
+    assert [w.shape for w in model.get_weights()] == [w.shape for w in plain.get_weights()]
+    _randomize(model, 2)
+    stream_model = build_inference_model(model)
+    assert not any(isinstance(l, keras.layers.Dropout) for l in stream_model.layers)
 
 
 def test_reset_returns_to_the_zero_state():

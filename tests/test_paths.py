@@ -54,10 +54,11 @@ def test_no_reduce_on_unicode_text(tmp_path):
 @pytest.mark.parametrize("mode", ["windows", "stream"])
 def test_dropout_and_recurrent_dropout(tmp_path, corpus_file, mode):
     run = _train(tmp_path, "run", "--data", str(corpus_file), "--mode", mode,
-                 "--dropout", "0.2", "--recurrent-dropout", "0.1", "--batch-size", "16",
-                 "--samples", "3000")
+                 "--dropout", "0.2", "--recurrent-dropout", "0.1", "--output-dropout", "0.3",
+                 "--layers", "2", "--batch-size", "16", "--samples", "3000")
     settings = json.loads((run / "config.json").read_text())["settings"]
     assert settings["dropout"] == 0.2 and settings["recurrent_dropout"] == 0.1
+    assert settings["output_dropout"] == 0.3
     # Streaming runs the trained weights without dropout: the same on both backends.
     _same_text_on_both_backends(run, "JULIET:")
 

@@ -57,7 +57,7 @@ def _jit_compile(config: TrainConfig) -> bool:
     nats held out under XLA against 1.4923 without, one run each)."""
     if config.jit_compile is not None:
         return config.jit_compile
-    if config.dropout or config.recurrent_dropout:
+    if config.dropout or config.recurrent_dropout or config.output_dropout:
         return False
     import tensorflow as tf
 
@@ -79,6 +79,7 @@ def build_model(config: TrainConfig, depth: int, checkpoint: Path | None, cluste
             common = dict(seq_len=config.seq_len, depth=depth, units=config.units,
                           layers=config.layers, dropout=config.dropout,
                           recurrent_dropout=config.recurrent_dropout,
+                          output_dropout=config.output_dropout,
                           learning_rate=config.learning_rate, unroll=_unroll(config))
             model = (build_stream_model(config.batch_size, **common) if config.mode == "stream"
                      else build_training_model(**common))
