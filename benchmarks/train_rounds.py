@@ -31,9 +31,11 @@ DEFAULT_K = "torch or plain or chunks"
 
 def one_run(expr: str, out: Path) -> dict[str, float]:
     """Median seconds of each contender of one pytest run."""
-    subprocess.run([sys.executable, "-m", "pytest", str(HERE / "bench_train.py"),
-                    "--benchmark-only", "-q", "-k", expr, f"--benchmark-json={out}"],
-                   check=True, stdout=subprocess.DEVNULL)
+    done = subprocess.run([sys.executable, "-m", "pytest", str(HERE / "bench_train.py"),
+                           "--benchmark-only", "-q", "-k", expr, f"--benchmark-json={out}"],
+                          stdout=subprocess.PIPE, text=True)
+    if done.returncode != 0:   # a failed check: show pytest's report, not a traceback of ours
+        sys.exit(f"pytest failed (exit {done.returncode}):\n{done.stdout[-4000:]}")
     found = json.loads(out.read_text())["benchmarks"]
     return {b["extra_info"]["contender"]: b["stats"]["median"] for b in found}
 
