@@ -88,6 +88,10 @@ class TrainConfig:
     output_dropout: float = _setting(
         0.0, "dropout on each LSTM's outputs (what the next LSTM and the softmax read), "
         "in [0, 1): the same units dropped at every step of a batch (variational)")
+    weight_drop: float = _setting(
+        0.0, "DropConnect on each LSTM's recurrent kernel while training, in [0, 1): "
+        "that share of the hidden-to-hidden weights zeroed, one mask per batch "
+        "(AWD-LSTM's weight drop); not with --recurrent-dropout")
     batch_size: int = _setting(
         32, "stream: contiguous streams; windows: windows per training step, per "
         "replica under --strategy mirrored or multiworker")
@@ -145,8 +149,12 @@ class TrainConfig:
                      "steps_per_execution"):
             _checks.positive_int(getattr(self, name), name, err)
         _checks.optional_positive_int(self.samples, "samples", "'all'", err)
-        for name in ("dropout", "recurrent_dropout", "output_dropout", "val_fraction"):
+        for name in ("dropout", "recurrent_dropout", "output_dropout", "weight_drop",
+                     "val_fraction"):
             _checks.fraction(getattr(self, name), name, err)
+        if self.weight_drop and self.recurrent_dropout:
+            raise err(f"weight_drop ({self.weight_drop!r}) and recurrent_dropout "
+                      f"({self.recurrent_dropout!r}) cannot both be set: choose one")
         _checks.positive_number(self.learning_rate, "learning_rate", err)
         _checks.positive_number(self.lr_final, "lr_final", err)
         if self.lr_final > 1:

@@ -1,6 +1,6 @@
 """Paths a user can take from the command line, each trained for a few steps on a
 tiny corpus and streamed from: stacked layers, raw (unreduced) Unicode text,
-dropout, early stopping, the tutorial preset, and the same seed twice."""
+dropout, weight drop, early stopping, the tutorial preset, and the same seed twice."""
 import json
 import subprocess
 import sys
@@ -60,6 +60,22 @@ def test_dropout_and_recurrent_dropout(tmp_path, corpus_file, mode):
     assert settings["dropout"] == 0.2 and settings["recurrent_dropout"] == 0.1
     assert settings["output_dropout"] == 0.3
     # Streaming runs the trained weights without dropout: the same on both backends.
+    _same_text_on_both_backends(run, "JULIET:")
+
+
+@pytest.mark.parametrize("mode", ["windows", "stream"])
+def test_weight_drop_trains_and_streams_plain_lstms(tmp_path, corpus_file, mode):
+    import keras
+
+    run = _train(tmp_path, "run", "--data", str(corpus_file), "--mode", mode,
+                 "--weight-drop", "0.3", "--dropout", "0.2", "--output-dropout", "0.2",
+                 "--layers", "2", "--batch-size", "16", "--samples", "3000")
+    assert json.loads((run / "config.json").read_text())["settings"]["weight_drop"] == 0.3
+    # The masks are a training step's alone: model.keras is Keras's LSTMs, loadable
+    # without charstream, and both backends stream the same text from it.
+    model = keras.saving.load_model(run / "model.keras", safe_mode=True, compile=False)
+    assert [type(layer).__name__ for layer in model.layers if "lstm" in layer.name
+            and not layer.name.endswith("_out")] == ["LSTM", "LSTM"]
     _same_text_on_both_backends(run, "JULIET:")
 
 

@@ -87,7 +87,8 @@ def test_resume_continues_at_the_right_epoch(tmp_path, corpus_file, capsys):
     assert "already trained for 3 epochs" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("settings", [TINY, STREAM_TINY], ids=["windows", "stream"])
+@pytest.mark.parametrize("settings", [TINY, STREAM_TINY, [*STREAM_TINY, "--weight-drop", "0.3"]],
+                         ids=["windows", "stream", "stream-weight-drop"])
 def test_a_resumed_run_replays_the_uninterrupted_one(tmp_path, corpus_file, settings,
                                                     monkeypatch):
     # The order of each epoch (windows: the shuffle; stream: the streams' offset)
@@ -275,6 +276,9 @@ def _bad(capsys, argv, match, out=None):
     (["--val-fraction", "1"], "val_fraction must be in [0, 1), got 1.0"),
     (["--learning-rate", "nan"], "learning_rate must be a positive number"),
     (["--patience", "2", "--val-fraction", "0"], "patience needs validation data"),
+    (["--weight-drop", "1"], "weight_drop must be in [0, 1), got 1.0"),
+    (["--weight-drop", "0.2", "--recurrent-dropout", "0.1"],
+     "weight_drop (0.2) and recurrent_dropout (0.1) cannot both be set: choose one"),
 ])
 def test_out_of_range_settings(tmp_path, capsys, corpus_file, extra, match):
     out = tmp_path / "run"

@@ -57,7 +57,7 @@ def _jit_compile(config: TrainConfig) -> bool:
     nats held out under XLA against 1.4923 without, one run each)."""
     if config.jit_compile is not None:
         return config.jit_compile
-    if config.dropout or config.recurrent_dropout or config.output_dropout:
+    if config.dropout or config.recurrent_dropout or config.output_dropout or config.weight_drop:
         return False
     import tensorflow as tf
 
@@ -83,6 +83,10 @@ def build_model(config: TrainConfig, depth: int, checkpoint: Path | None, cluste
                           learning_rate=config.learning_rate, unroll=_unroll(config))
             model = (build_stream_model(config.batch_size, **common) if config.mode == "stream"
                      else build_training_model(**common))
+    if config.weight_drop:  # on the instance: a checkpoint loads as plain LSTMs
+        from .weight_drop import drop_recurrent_weights
+
+        drop_recurrent_weights(model, config.weight_drop, config.seed)
     if config.mode == "stream":  # on one device (config.validate): chunks per call
         from .steps import train_in_chunks
 
