@@ -1,0 +1,201 @@
+"""Three ways to run the LSTM inside charstream's chunk step, timed side by side
+in one process, with PyTorch's `nn.LSTM` as the yardstick.
+
+    python benchmarks/lstm_kernels.py               # the default model, 5 rounds
+    python benchmarks/lstm_kernels.py --large       # the large preset's shapes
+    XLA_FLAGS=--xla_cpu_use_onednn=true python benchmarks/lstm_kernels.py --xla
+    TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=2 python benchmarks/lstm_kernels.py
+
+Contenders (each trains from the same weights on the same batches as
+bench_train.py; the rounds alternate between contenders so that the machine's
+drift hits all of them alike):
+
+- `keras-cell`: Keras's LSTM, unrolled, its cell step by step (what `fit` uses).
+- `block-lstm`: TensorFlow's fused CPU kernel for a whole sequence,
+  `tf.raw_ops.BlockLSTM` (gates reordered to its i, c, f, o layout; its V2, in
+  Keras's order, has a registered gradient that computes in the V1 layout, so its
+  weight gradients are wrong: checked here, and the reason V1 is used).
+- `whole-sequence`: `charstream.training.weight_drop.lstm_sequence`, the LSTM that
+  weight drop trains with (no mask here): one input projection for all steps and
+  one matmul per weight gradient.
+- `keras-cell, XLA` (with `--xla`, the default model only): Keras's cell in the
+  chunk step compiled with XLA (`--jit-compile`), under whatever `XLA_FLAGS` say.
+- `torch` (the default model only): `bench_train.TorchRun`.
+
+After timing, each contender's mean loss must equal the `keras-cell` one's within
+`bench_train.TOLERANCE` (PyTorch's within `TORCH_TOLERANCE`).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def block_lstm_loop(layer):
+    """`layer.inner_loop` through `tf.raw_ops.BlockLSTM` (time-major, ICFO)."""
+    import tensorflow as tf
+
+    def inner_loop(sequences, initial_state, mask, training=False):
+        h0, c0 = (tf.convert_to_tensor(s) for s in initial_state)
+        x = sequences
+        if training and layer.dropout:
+            x = x * tf.expand_dims(layer.cell.get_dropout_mask(sequences[:, 0, :]), 1)
+        w = tf.concat([layer.cell.kernel.value, layer.cell.recurrent_kernel.value], 0)
+        wi, wf, wc, wo = tf.split(w, 4, axis=1)
+        bi, bf, bc, bo = tf.split(layer.cell.bias.value, 4)
+        zeros = tf.zeros([layer.units])
+        steps = tf.cast(tf.shape(x)[1], tf.int64)
+        *_, cs, _, _, _, _, h = tf.raw_ops.BlockLSTM(
+            seq_len_max=steps, x=tf.transpose(x, [1, 0, 2]), cs_prev=c0, h_prev=h0,
+            w=tf.concat([wi, wc, wf, wo], 1), wci=zeros, wcf=zeros, wco=zeros,
+            b=tf.concat([bi, bc, bf, bo], 0), forget_bias=0.0, cell_clip=-1.0)
+        return h[-1], tf.transpose(h, [1, 0, 2]), [h[-1], cs[-1]]
+
+    return inner_loop
+
+
+def sequence_loop(layer):
+    """`layer.inner_loop` through `lstm_sequence`, with nothing dropped."""
+    import tensorflow as tf
+
+    from charstream.training.weight_drop import lstm_sequence
+
+    def inner_loop(sequences, initial_state, mask, training=False):
+        h0, c0 = (tf.convert_to_tensor(s) for s in initial_state)
+        x = sequences
+        if training and layer.dropout:
+            x = x * tf.expand_dims(layer.cell.get_dropout_mask(sequences[:, 0, :]), 1)
+        cell = layer.cell
+        outputs, h, c = lstm_sequence(x, h0, c0, cell.kernel.value, cell.recurrent_kernel.value,
+                                      cell.bias.value)
+        return h, outputs, [h, c]
+
+    return inner_loop
+
+
+ENV = ("XLA_FLAGS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+LOOPS = {"keras-cell": None, "block-lstm": block_lstm_loop, "whole-sequence": sequence_loop}
+
+
+def patched(model, loop):
+    from charstream.model import lstm_layers
+
+    if loop is not None:
+        for layer in lstm_layers(model):
+            layer.inner_loop = loop(layer)
+    return model
+
+
+def default_runs(xla=False):
+    """{name: a `train()` callable}: bench_train's contenders on the default model."""
+    import keras
+
+    import bench_train as bt
+    import charstream
+    import charstream.model as cm
+    from _shared import corpus_text
+    from charstream.training.batches import StreamBatches, StreamChunks
+
+    ids = charstream.encode_reduced(corpus_text())
+    split = int(len(ids) * 0.9)
+    batches = StreamBatches(ids[:split], bt.BATCH, bt.SEQ, 36, seed=0)
+    chunks = StreamChunks(ids[:split], bt.BATCH, bt.SEQ, 36, bt.CHUNK, seed=0)
+    keras.utils.set_random_seed(0)
+    weights = cm.build_stream_model(bt.BATCH, bt.SEQ).get_weights()
+    build, runs = cm.build_stream_model, {}
+    for name, loop in LOOPS.items():
+        cm.build_stream_model = lambda *a, _loop=loop, **k: patched(build(*a, **k), _loop)
+        try:
+            runs[name] = bt.KerasRun(dict(unroll=True, steps_per_execution=1, chunks=True),
+                                     weights, batches, chunks).train
+        finally:
+            cm.build_stream_model = build
+    if xla:
+        runs["keras-cell, XLA"] = bt.KerasRun(
+            dict(unroll=True, steps_per_execution=1, chunks=True, jit_compile=True),
+            weights, batches, chunks).train
+    runs["torch"] = bt.TorchRun(weights, batches).train
+    return runs
+
+
+def large_runs(chunks=4):
+    """{name: a `train()` callable}: the large preset's model (2 x LSTM(256), 64
+    streams of 32 steps, input dropout 0.1) on `chunks` chunks of random ids."""
+    import keras
+    import tensorflow as tf
+
+    from charstream.model import build_stream_model
+    from charstream.training.steps import train_in_chunks
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 36, (chunks, 32, 64, 32)).astype("uint8")
+    targets = rng.integers(0, 36, ids.shape).astype("int32")
+    options = tf.data.Options()
+    options.autotune.enabled = False   # else a fit call can stall at its end (bench_train.premade)
+    data = tf.data.Dataset.from_tensor_slices((ids, targets)).with_options(options)
+    keras.utils.set_random_seed(0)
+    weights = build_stream_model(64, 32, units=256, layers=2).get_weights()
+    runs = {}
+    for name, loop in LOOPS.items():
+        keras.utils.set_random_seed(0)   # the same dropout masks in every contender
+        model = patched(build_stream_model(64, 32, units=256, layers=2, dropout=0.1,
+                                           unroll=True, learning_rate=4e-3), loop)
+        train_in_chunks(model, 36, False)
+        model.set_weights(weights)
+        model.optimizer.build(model.trainable_variables)
+        state = [*model.variables, *model.optimizer.variables]  # weights, states, masks' seeds
+        fresh = [v.numpy() for v in state]
+
+        def train(state=state, fresh=fresh, model=model):
+            for v, value in zip(state, fresh):
+                v.assign(value)
+            return model.fit(data, verbose=0, shuffle=False).history["loss"][0]
+
+        train()  # traces the graph (untimed)
+        runs[name] = train
+    return runs
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--large", action="store_true", help="the large preset's shapes")
+    parser.add_argument("--xla", action="store_true", help="add Keras's cell under XLA")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args(argv)
+    import bench_train as bt
+
+    runs = large_runs() if args.large else default_runs(args.xla)
+    times = {name: [] for name in runs}
+    losses = {}
+    for _ in range(args.rounds):
+        for name, train in runs.items():
+            start = time.perf_counter()
+            losses[name] = train()
+            times[name].append(time.perf_counter() - start)
+    base = np.median(times["keras-cell"])
+    what = "128 batches of 64 streams x 32 steps" if args.large else f"{bt.STEPS} steps"
+    settings = " ".join(f"{k}={os.environ[k]}" for k in ENV if k in os.environ)
+    print(f"median seconds of {what}, {args.rounds} alternating rounds {settings}".rstrip())
+    for name, t in times.items():
+        vs_torch = (f", {np.median(times['torch']) / np.median(t):.2f}x torch"
+                    if "torch" in times else "")
+        print(f"  {name:16s} {np.median(t):6.3f} s  ({base / np.median(t):.2f}x keras-cell{vs_torch})"
+              f"  rounds {' '.join(f'{x:.2f}' for x in t)}  mean loss {losses[name]:.6f}")
+    for name, loss in losses.items():  # every contender trained the same thing
+        bound = bt.TORCH_TOLERANCE if name == "torch" else bt.TOLERANCE
+        if abs(loss - losses["keras-cell"]) > bound:
+            print(f"{name}: mean loss {loss:.6f}, keras-cell's {losses['keras-cell']:.6f}: "
+                  f"off by more than {bound}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
