@@ -48,15 +48,17 @@ ENCODE_CONTENDERS = {
 }
 
 
-# Settings of the carried-state training step (bench_train.py); "charstream" is
-# what `python -m charstream.train` uses on a machine without a GPU: chunks of 32
-# batches looped inside one XLA-compiled step (`charstream.training.steps`).
+# Settings of the carried-state training step (bench_train.py). What `python -m
+# charstream.train` uses on a machine without a GPU is "chunks of 32, unroll":
+# chunks of 32 batches looped inside one step (`charstream.training.steps`), run
+# with one intra-op thread (`--intra-op-threads`: a process-wide setting, so
+# `benchmarks/train_rounds.py --intra-op-threads 1` sets it for every contender).
 TRAIN_CONTENDERS = {
     "plain-fit": dict(unroll=False, steps_per_execution=1),
     "steps_per_execution=32": dict(unroll=False, steps_per_execution=32),
     "spe=32, unroll": dict(unroll=True, steps_per_execution=32),
     "chunks of 32, unroll": dict(unroll=True, steps_per_execution=1, chunks=True),
-    "charstream (chunks of 32, unroll, XLA)": dict(unroll=True, steps_per_execution=1,
+    "chunks of 32, unroll, XLA": dict(unroll=True, steps_per_execution=1,
                                                    chunks=True, jit_compile=True),
     "XLA (spe=32, jit_compile)": dict(unroll=False, steps_per_execution=32, jit_compile=True),
     # charstream's settings fed bool one-hot instead of float32: the graph casts

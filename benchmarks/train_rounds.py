@@ -2,6 +2,7 @@
 
     python benchmarks/train_rounds.py                     # 5 runs of the default contenders
     python benchmarks/train_rounds.py --runs 3 -k "torch or plain"
+    python benchmarks/train_rounds.py --intra-op-threads 1   # as python -m charstream.train trains
 
 One run is `pytest benchmarks/bench_train.py --benchmark-only -k EXPR` in a fresh
 process (so TensorFlow's and PyTorch's start, their thread pools and the memory
@@ -12,12 +13,15 @@ runs is what the README may say. Printed: per contender, the median seconds of
 (PyTorch's seconds over the contender's: above 1 is faster than PyTorch), then
 the spread of those ratios (min, median, max). Every run's correctness checks
 (each contender's loss against plain `fit`'s) are bench_train.py's own: a run
-whose checks fail stops this script.
+whose checks fail stops this script. `--intra-op-threads N` runs every process
+with `TF_NUM_INTRAOP_THREADS=N` (every Keras contender then uses it; the command
+line's stream mode uses 1, `--intra-op-threads` in docs/training.md).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -29,11 +33,14 @@ TORCH = "torch-nn.LSTM"
 DEFAULT_K = "torch or plain or chunks"
 
 
-def one_run(expr: str, out: Path) -> dict[str, float]:
+def one_run(expr: str, out: Path, threads: int | None = None) -> dict[str, float]:
     """Median seconds of each contender of one pytest run."""
+    env = dict(os.environ)
+    if threads is not None:
+        env["TF_NUM_INTRAOP_THREADS"] = str(threads)
     done = subprocess.run([sys.executable, "-m", "pytest", str(HERE / "bench_train.py"),
                            "--benchmark-only", "-q", "-k", expr, f"--benchmark-json={out}"],
-                          stdout=subprocess.PIPE, text=True)
+                          stdout=subprocess.PIPE, text=True, env=env)
     if done.returncode != 0:   # a failed check: show pytest's report, not a traceback of ours
         sys.exit(f"pytest failed (exit {done.returncode}):\n{done.stdout[-4000:]}")
     found = json.loads(out.read_text())["benchmarks"]
@@ -59,13 +66,18 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="pytest runs (default 5)")
     parser.add_argument("-k", dest="expr", default=DEFAULT_K,
                         help=f"which contenders, as pytest's -k (default {DEFAULT_K!r})")
+    parser.add_argument("--intra-op-threads", type=int, default=None, metavar="N",
+                        help="TensorFlow's intra-op threads in every run (default: its own)")
     args = parser.parse_args()
     if args.runs < 1:
         parser.error(f"--runs: expected a positive integer, got {args.runs}")
+    if args.intra_op_threads is not None and args.intra_op_threads < 0:
+        parser.error(f"--intra-op-threads: expected a non-negative integer, "
+                     f"got {args.intra_op_threads}")
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(args.runs):
-            runs.append(one_run(args.expr, Path(tmp) / f"run{k}.json"))
+            runs.append(one_run(args.expr, Path(tmp) / f"run{k}.json", args.intra_op_threads))
             print(f"run {k + 1} of {args.runs}: "
                   + ", ".join(f"{n} {s:.2f} s" for n, s in runs[-1].items()),
                   file=sys.stderr, flush=True)

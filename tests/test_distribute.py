@@ -282,3 +282,19 @@ def test_the_keras_workaround_is_undone_after_fit():
         1 / 0
     assert keras_trainer.reduce_per_replica is original
     assert model._distribute_strategy is strategy
+
+
+def test_stream_mode_runs_each_op_on_one_thread_windows_mode_as_tensorflow_does():
+    # The pool can only be sized before TensorFlow starts (long ago in this
+    # process), so each mode is asked in a fresh one.
+    code = ("import sys, tensorflow as tf; from charstream.config import TrainConfig; "
+            "from charstream.training.distribute import make_strategy; "
+            "t = sys.argv[2]; make_strategy(TrainConfig(mode=sys.argv[1], "
+            "intra_op_threads=None if t == '-' else int(t))); "
+            "print(tf.config.threading.get_intra_op_parallelism_threads())")
+    for mode, flag, expected in (("stream", "-", "1"), ("windows", "-", "0"),
+                                 ("windows", "3", "3")):
+        out = subprocess.run([sys.executable, "-c", code, mode, flag], capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split()[-1] == expected, (mode, flag)

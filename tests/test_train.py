@@ -277,6 +277,7 @@ def _bad(capsys, argv, match, out=None):
     (["--learning-rate", "nan"], "learning_rate must be a positive number"),
     (["--patience", "2", "--val-fraction", "0"], "patience needs validation data"),
     (["--weight-drop", "1"], "weight_drop must be in [0, 1), got 1.0"),
+    (["--intra-op-threads", "-1"], "intra_op_threads must be a non-negative integer, got -1"),
     (["--weight-drop", "0.2", "--recurrent-dropout", "0.1"],
      "weight_drop (0.2) and recurrent_dropout (0.1) cannot both be set: choose one"),
 ])

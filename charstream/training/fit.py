@@ -52,12 +52,19 @@ def _unroll(config: TrainConfig) -> bool:
 
 def _jit_compile(config: TrainConfig) -> bool:
     """`--jit-compile`, or by default: on where XLA changes nothing but the order of
-    sums: no GPU (cuDNN, which XLA cannot compile) and no dropout (XLA draws the
-    masks with another generator: the default recipe, dropout 0.05, reached 1.5043
-    nats held out under XLA against 1.4923 without, one run each)."""
+    sums and is faster: no GPU (cuDNN, which XLA cannot compile), no dropout (XLA
+    draws the masks with another generator: the default recipe, dropout 0.05,
+    reached 1.5043 nats held out under XLA against 1.4923 without, one run each) and
+    a multi-threaded intra-op pool (XLA parallelises inside its one computation: with
+    one thread per op, stream mode's default, its chunk step ran at 0.51x PyTorch
+    against 0.95x without it, `benchmarks/train_rounds.py --intra-op-threads 1`)."""
     if config.jit_compile is not None:
         return config.jit_compile
     if config.dropout or config.recurrent_dropout or config.output_dropout or config.weight_drop:
+        return False
+    from .distribute import intra_op_threads
+
+    if intra_op_threads(config) == 1:
         return False
     import tensorflow as tf
 

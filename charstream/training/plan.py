@@ -27,7 +27,8 @@ from .pipeline import check_fits
 
 # Settings that --resume may change; the rest must match the run. --data may
 # name the corpus at another path (another machine's mount) if its sha256 matches.
-RESUMABLE = {"epochs", "patience", "strategy", "cpu_devices", "data", "max_time"}
+RESUMABLE = {"epochs", "patience", "strategy", "cpu_devices", "data", "max_time",
+             "intra_op_threads"}
 
 
 @dataclasses.dataclass
