@@ -14,8 +14,8 @@ sample excluded). The held-out losses are `python -m charstream.generate RUN
 a zero state ("windowed"), and the tail as one continuous stream ("stream"), in
 nats and bits per character. Each row is printed as soon as its recipe ends.
 Times on this project's 2-core machine (one run): tutorial about 8 min, windows
-about 16 min, stream and default about 6.5 min each, large about 23 min: about an
-hour in all.
+about 16 min, stream and default about 6.5 min each, large about 28 min: about an
+hour and a quarter in all.
 """
 from __future__ import annotations
 
@@ -51,6 +51,8 @@ def describe(run: Path) -> str:
              + (f" decayed to {s['lr_final']:g}x" if s["lr_decay"] else "")]
     if s["dropout"]:
         parts.append(f"dropout {s['dropout']:g}")
+    if s.get("weight_drop"):
+        parts.append(f"weight drop {s['weight_drop']:g}")
     if s["samples"]:
         parts.append(f"first {s['samples']:,} windows")
     if s["mode"] == "windows" and not s["shuffle"]:
