@@ -42,11 +42,10 @@ def block_lstm_loop(layer):
     """`layer.inner_loop` through `tf.raw_ops.BlockLSTM` (time-major, ICFO)."""
     import tensorflow as tf
 
+    from charstream.training.weight_drop import sequence_inputs
+
     def inner_loop(sequences, initial_state, mask, training=False):
-        h0, c0 = (tf.convert_to_tensor(s) for s in initial_state)
-        x = sequences
-        if training and layer.dropout:
-            x = x * tf.expand_dims(layer.cell.get_dropout_mask(sequences[:, 0, :]), 1)
+        x, h0, c0 = sequence_inputs(layer, sequences, initial_state, training)
         w = tf.concat([layer.cell.kernel.value, layer.cell.recurrent_kernel.value], 0)
         wi, wf, wc, wo = tf.split(w, 4, axis=1)
         bi, bf, bc, bo = tf.split(layer.cell.bias.value, 4)
@@ -63,15 +62,10 @@ def block_lstm_loop(layer):
 
 def sequence_loop(layer):
     """`layer.inner_loop` through `lstm_sequence`, with nothing dropped."""
-    import tensorflow as tf
-
-    from charstream.training.weight_drop import lstm_sequence
+    from charstream.training.weight_drop import lstm_sequence, sequence_inputs
 
     def inner_loop(sequences, initial_state, mask, training=False):
-        h0, c0 = (tf.convert_to_tensor(s) for s in initial_state)
-        x = sequences
-        if training and layer.dropout:
-            x = x * tf.expand_dims(layer.cell.get_dropout_mask(sequences[:, 0, :]), 1)
+        x, h0, c0 = sequence_inputs(layer, sequences, initial_state, training)
         cell = layer.cell
         outputs, h, c = lstm_sequence(x, h0, c0, cell.kernel.value, cell.recurrent_kernel.value,
                                       cell.bias.value)

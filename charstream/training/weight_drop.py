@@ -93,6 +93,20 @@ def recurrent_mask(rate: float, seed: int, step, layer: int, shape):
     return tf.cast(keep, tf.float32) / (1.0 - rate)
 
 
+def sequence_inputs(layer, sequences, initial_state, training):
+    """`(x, h0, c0)` for a whole-sequence LSTM in place of `layer`'s cell: the
+    inputs under Keras's own input-dropout mask (the same at every step) while
+    training, and the state read now (Keras assigns the new state to the same
+    variables after the call, and the gradient must see the old one)."""
+    import tensorflow as tf
+
+    h0, c0 = (tf.convert_to_tensor(s) for s in initial_state)
+    x = sequences
+    if training and layer.dropout:
+        x = x * tf.expand_dims(layer.cell.get_dropout_mask(sequences[:, 0, :]), 1)
+    return x, h0, c0
+
+
 def _inner_loop(layer, index: int, rate: float, seed: int, step):
     """A replacement for `layer.inner_loop` (Keras's RNN) that runs `lstm_sequence`,
     with the recurrent kernel masked while training."""
@@ -103,12 +117,7 @@ def _inner_loop(layer, index: int, rate: float, seed: int, step):
     def inner_loop(sequences, initial_state, mask, training=False):
         if mask is not None:
             raise ValueError(f"{layer.name}: weight drop does not take a mask")
-        # Read the state now: Keras assigns the new state to the same variables
-        # after this call, and the gradient must see the old one.
-        h0, c0 = (tf.convert_to_tensor(s) for s in initial_state)
-        x = sequences
-        if training and layer.dropout:   # Keras's own input mask, the same at every step
-            x = x * tf.expand_dims(cell.get_dropout_mask(sequences[:, 0, :]), 1)
+        x, h0, c0 = sequence_inputs(layer, sequences, initial_state, training)
         recurrent = tf.convert_to_tensor(cell.recurrent_kernel)
         if training:
             recurrent = recurrent * recurrent_mask(rate, seed, step(), index,
