@@ -6,14 +6,17 @@ TensorFlow's executor runs the loop's bookkeeping between steps. `train_in_chunk
 hands `fit` chunks of consecutive batches (`StreamChunks`) instead and loops over
 them *inside* the step, so the whole chunk (every LSTM step forward and back, every
 Adam update, the carried state) is one computation for XLA to compile: 1.27x
-the per-batch loop's speed on a 2-core CPU, 0.80x idiomatic PyTorch's
-(`benchmarks/bench_train.py`, the table in `docs/training.md`).
+the per-batch loop's speed on a 2-core AVX2 CPU, 0.80x idiomatic PyTorch's
+(`benchmarks/bench_train.py`, the tables in `docs/training.md`). With one thread
+per TensorFlow op (`--intra-op-threads`, stream mode's default since), the chunk
+loop without XLA is the faster: 0.95x PyTorch in the median of five runs, XLA 0.51x.
 
 Each batch of a chunk goes through Keras's own `train_step` (loss, gradients,
 clipping, Adam, metrics), one after another, so without XLA the training is the
 per-batch loop's bit for bit (tested); XLA sums in other orders (a loss within
 about 1e-5 after 256 steps) and draws dropout masks from another generator, which
-is why `fit` turns it on by default only without dropout.
+is one reason `fit` turns it on by default only without dropout and with a
+multi-threaded intra-op pool.
 """
 from __future__ import annotations
 
