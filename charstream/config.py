@@ -139,8 +139,8 @@ class TrainConfig:
     intra_op_threads: Optional[int] = _setting(
         None, "threads one TensorFlow op may use; 0 = TensorFlow's choice (every core). "
         "The stream step's ops are small: run whole, each on one core, while "
-        "TensorFlow's inter-op threads run independent ops side by side, the step is "
-        "1.2x faster on 2 cores, and computes the same",
+        "TensorFlow's inter-op threads run independent ops side by side: faster on a "
+        "2-core CPU (docs/training.md), and the same arithmetic",
         default_text="1 in stream mode, TensorFlow's choice in windows mode")
     jit_compile: Optional[bool] = _setting(
         None, "compile the training step with XLA: in stream mode the whole chunk of "
