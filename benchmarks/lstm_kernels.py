@@ -15,9 +15,10 @@ drift hits all of them alike):
   `tf.raw_ops.BlockLSTM` (gates reordered to its i, c, f, o layout; its V2, in
   Keras's order, has a registered gradient that computes in the V1 layout, so its
   weight gradients are wrong: checked here, and the reason V1 is used).
-- `whole-sequence`: `charstream.training.weight_drop.lstm_sequence`, the LSTM that
-  weight drop trains with (no mask here): one input projection for all steps and
-  one matmul per weight gradient.
+- `whole-sequence`: `lstm_sequence` below, an LSTM over a whole sequence with its
+  gradient written out: one input projection for all steps and one matmul per
+  weight gradient (weight drop trained with it until Keras's own cell, fed the
+  masked kernel, proved faster under one thread per op).
 - `keras-cell, XLA` (with `--xla`, the default model only): Keras's cell in the
   chunk step compiled with XLA (`--jit-compile`), under whatever `XLA_FLAGS` say.
 - `torch` (the default model only): `bench_train.TorchRun`.
@@ -38,11 +39,87 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+def lstm_sequence(x, h0, c0, kernel, recurrent, bias):
+    """Keras's LSTM (gates `i, f, g, o`; sigmoid, tanh) over a whole sequence,
+    with its gradient written out.
+
+    The input projection is one matmul over every step, and the backward pass
+    stacks the gates' gradients of all steps so that each weight's gradient is one
+    matmul, not one per step.
+
+    Args:
+        x: `(batch, steps, inputs)` float32, `steps` known when traced.
+        h0, c0: `(batch, units)` the state to start from (tensors, not variables).
+        kernel: `(inputs, 4 units)`; recurrent: `(units, 4 units)`; bias: `(4 units,)`.
+
+    Returns:
+        `(outputs, h, c)`: `(batch, steps, units)` every step's `h`, then the last
+        `h` and `c`, `(batch, units)` each.
+    """
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def run(x, h0, c0, kernel, recurrent, bias):
+        steps, inputs = x.shape[1], x.shape[2]
+        units = recurrent.shape[0]
+        # (batch, steps, 4 units): every step's x @ kernel + bias at once
+        xz = tf.reshape(tf.matmul(tf.reshape(x, [-1, inputs]), kernel) + bias,
+                        [-1, steps, 4 * units])
+        h, c = h0, c0
+        h_prev, c_prev, gates, tanh_c = [], [], [], []   # per step, for the gradient
+        for t in range(steps):
+            zi, zf, zg, zo = tf.split(xz[:, t] + tf.matmul(h, recurrent), 4, axis=1)
+            i, f, g, o = tf.sigmoid(zi), tf.sigmoid(zf), tf.tanh(zg), tf.sigmoid(zo)
+            h_prev.append(h)
+            c_prev.append(c)
+            c = f * c + i * g
+            tc = tf.tanh(c)
+            h = o * tc
+            gates.append((i, f, g, o))
+            tanh_c.append(tc)
+        outputs = tf.stack(h_prev[1:] + [h], axis=1)
+
+        def grad(d_outputs, d_h, d_c):
+            dh_next, dc_next = d_h, d_c
+            dz = [None] * steps   # (batch, 4 units) each: the gates' pre-activations
+            for t in reversed(range(steps)):
+                i, f, g, o = gates[t]
+                tc = tanh_c[t]
+                dh = d_outputs[:, t] + dh_next
+                dc = dc_next + dh * o * (1 - tc * tc)
+                dz[t] = tf.concat([dc * g * i * (1 - i), dc * c_prev[t] * f * (1 - f),
+                                   dc * i * (1 - g * g), dh * tc * o * (1 - o)], axis=1)
+                dc_next = dc * f
+                dh_next = tf.matmul(dz[t], recurrent, transpose_b=True)
+            dz_all = tf.reshape(tf.stack(dz, axis=1), [-1, 4 * units])   # (batch·steps, 4u)
+            h_all = tf.reshape(tf.stack(h_prev, axis=1), [-1, units])      # h_{t-1}
+            x_all = tf.reshape(x, [-1, inputs])
+            dx = tf.reshape(tf.matmul(dz_all, kernel, transpose_b=True), [-1, steps, inputs])
+            return (dx, dh_next, dc_next, tf.matmul(x_all, dz_all, transpose_a=True),
+                    tf.matmul(h_all, dz_all, transpose_a=True), tf.reduce_sum(dz_all, 0))
+
+        return (outputs, h, c), grad
+
+    return run(x, h0, c0, kernel, recurrent, bias)
+
+
+def sequence_inputs(layer, sequences, initial_state, training):
+    """`(x, h0, c0)` for a whole-sequence LSTM in place of `layer`'s cell: the
+    inputs under Keras's own input-dropout mask (the same at every step) while
+    training, and the state read now (Keras assigns the new state to the same
+    variables after the call, and the gradient must see the old one)."""
+    import tensorflow as tf
+
+    h0, c0 = (tf.convert_to_tensor(s) for s in initial_state)
+    x = sequences
+    if training and layer.dropout:
+        x = x * tf.expand_dims(layer.cell.get_dropout_mask(sequences[:, 0, :]), 1)
+    return x, h0, c0
+
+
 def block_lstm_loop(layer):
     """`layer.inner_loop` through `tf.raw_ops.BlockLSTM` (time-major, ICFO)."""
     import tensorflow as tf
-
-    from charstream.training.weight_drop import sequence_inputs
 
     def inner_loop(sequences, initial_state, mask, training=False):
         x, h0, c0 = sequence_inputs(layer, sequences, initial_state, training)
@@ -62,8 +139,6 @@ def block_lstm_loop(layer):
 
 def sequence_loop(layer):
     """`layer.inner_loop` through `lstm_sequence`, with nothing dropped."""
-    from charstream.training.weight_drop import lstm_sequence, sequence_inputs
-
     def inner_loop(sequences, initial_state, mask, training=False):
         x, h0, c0 = sequence_inputs(layer, sequences, initial_state, training)
         cell = layer.cell
