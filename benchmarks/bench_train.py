@@ -85,6 +85,10 @@ class KerasRun:
                                         steps_per_execution=settings["steps_per_execution"],
                                         learning_rate=2e-3)
         self.per_item = 1
+        if settings.get("unrolled"):  # charstream's LSTM loop (stream mode's fit)
+            from charstream.training.unrolled import unroll_lstms
+
+            unroll_lstms(self.model)
         if settings.get("chunks"):  # what charstream's fit does in stream mode
             train_in_chunks(self.model, 36, settings.get("jit_compile", False))
             batches, self.per_item = chunks, CHUNK

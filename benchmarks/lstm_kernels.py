@@ -10,7 +10,10 @@ Contenders (each trains from the same weights on the same batches as
 bench_train.py; the rounds alternate between contenders so that the machine's
 drift hits all of them alike):
 
-- `keras-cell`: Keras's LSTM, unrolled, its cell step by step (what `fit` uses).
+- `keras-cell`: Keras's LSTM, unrolled, its cell step by step.
+- `charstream`: `charstream.training.unrolled`, what stream mode trains with:
+  Keras's cell math, with the gradient of `h @ U` through a `U^T` made once per
+  batch.
 - `block-lstm`: TensorFlow's fused CPU kernel for a whole sequence,
   `tf.raw_ops.BlockLSTM` (gates reordered to its i, c, f, o layout; its V2, in
   Keras's order, has a registered gradient that computes in the V1 layout, so its
@@ -150,7 +153,15 @@ def sequence_loop(layer):
 
 
 ENV = ("XLA_FLAGS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
-LOOPS = {"keras-cell": None, "block-lstm": block_lstm_loop, "whole-sequence": sequence_loop}
+def unrolled_loop(layer):
+    """`layer.inner_loop` as `python -m charstream.train` trains in stream mode."""
+    from charstream.training.unrolled import lstm_inner_loop
+
+    return lstm_inner_loop(layer)
+
+
+LOOPS = {"keras-cell": None, "charstream": unrolled_loop, "block-lstm": block_lstm_loop,
+         "whole-sequence": sequence_loop}
 
 
 def patched(model, loop):

@@ -90,6 +90,10 @@ def build_model(config: TrainConfig, depth: int, checkpoint: Path | None, cluste
                           learning_rate=config.learning_rate, unroll=_unroll(config))
             model = (build_stream_model(config.batch_size, **common) if config.mode == "stream"
                      else build_training_model(**common))
+    if config.mode == "stream":  # measured there, under one thread per op
+        from .unrolled import unroll_lstms
+
+        unroll_lstms(model)   # on the instance, as below: model.keras stays Keras's
     if config.weight_drop:  # on the instance: a checkpoint loads as plain LSTMs
         from .weight_drop import drop_recurrent_weights
 
