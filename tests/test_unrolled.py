@@ -90,3 +90,17 @@ def test_layers_it_does_not_compute_keep_keras_loop(kwargs):
     before = layer.inner_loop
     unroll_lstms(model)
     assert layer.inner_loop == before
+
+
+@pytest.mark.parametrize("mode, ours", [("stream", True), ("windows", False)])
+def test_stream_mode_trains_through_it(mode, ours):
+    import tensorflow as tf
+
+    from charstream.config import TrainConfig
+    from charstream.training.distribute import Cluster
+    from charstream.training.fit import build_model
+
+    config = TrainConfig(mode=mode, units=8, batch_size=4, unroll=True)
+    model = build_model(config, 36, None, Cluster(tf.distribute.get_strategy()))
+    loops = [layer.inner_loop.__qualname__ for layer in lstm_layers(model)]
+    assert [loop.startswith("lstm_inner_loop") for loop in loops] == [ours]
