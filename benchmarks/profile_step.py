@@ -58,7 +58,9 @@ def op_events(logdir: str):
             if line.name.startswith("tf_Compute"):   # the executor's threads
                 for event in line.events:
                     name = names.get(event.metadata_id, "?")
-                    if ":" in name:   # "op name:op type"; the rest are scopes
+                    # "op name:op type"; "...:Process" is the executor's event
+                    # around an op (counted once, as the op), the rest are scopes
+                    if ":" in name and not name.endswith(":Process"):
                         yield name, event.duration_ps / 1e6
 
 

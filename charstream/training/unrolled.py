@@ -1,11 +1,12 @@
 """The unrolled LSTM that stream-mode training runs: Keras's cell, with the
 recurrent gradient through a kernel transposed once per batch.
 
-A profile of the chunk step (one thread per op, `tf.profiler`, one round of 256
-steps; docs/training.md) put 87% of the op time in oneDNN's matmuls, the largest
-share in the gradient of each step's `h @ U`: `dz @ U^T`, which TensorFlow's
-MatMul gradient computes with `transpose_b` (74 us a call against 40 us for the
-forward matmul of the same size). Multiplying by a `U^T` made once per batch
+A profile of the chunk step (one thread per op, one round of 256 steps,
+`benchmarks/profile_step.py --loop keras-cell`; docs/training.md) put 72% of the
+op time in oneDNN's matmuls, the largest share in the gradient of each step's
+`h @ U`: `dz @ U^T`, which TensorFlow's MatMul gradient computes with
+`transpose_b` (80 us a call against 43 us for the forward matmul of the same
+size). Multiplying by a `U^T` made once per batch
 instead takes about as long as the forward one. Grappler folds a 2-D transpose
 back into the matmul (`FoldTransposeIntoMatMul`), so it is made through a 3-D
 transpose, which it leaves alone.
@@ -63,7 +64,8 @@ def lstm_steps(cell, sequences, h, c, training):
     """
     import tensorflow as tf
 
-    kernel, recurrent = cell.kernel, tf.convert_to_tensor(cell.recurrent_kernel)  # (units, 4 units)
+    kernel = cell.kernel
+    recurrent = tf.convert_to_tensor(cell.recurrent_kernel)   # (units, 4 units), read once
     recurrent_t = transposed(recurrent)   # (4 units, units), once for all steps
     outputs = []
     for x in tf.unstack(sequences, axis=1):   # (batch, inputs) each
