@@ -1,4 +1,4 @@
-"""Three ways to run the LSTM inside charstream's chunk step, timed side by side
+"""The ways to run the LSTM inside charstream's chunk step, timed side by side
 in one process, with PyTorch's `nn.LSTM` as the yardstick.
 
     python benchmarks/lstm_kernels.py               # the default model, 5 rounds

@@ -6,10 +6,10 @@ A profile of the chunk step (one thread per op, one round of 256 steps,
 op time in oneDNN's matmuls, the largest share in the gradient of each step's
 `h @ U`: `dz @ U^T`, which TensorFlow's MatMul gradient computes with
 `transpose_b` (80 us a call against 43 us for the forward matmul of the same
-size). Multiplying by a `U^T` made once per batch
-instead takes about as long as the forward one. Grappler folds a 2-D transpose
-back into the matmul (`FoldTransposeIntoMatMul`), so it is made through a 3-D
-transpose, which it leaves alone.
+size). Multiplying by a `U^T` made once per batch instead takes about as long as
+the forward one. Grappler folds a 2-D transpose back into the matmul
+(`FoldTransposeIntoMatMul`), so it is made through a 3-D transpose, which it
+leaves alone.
 
 `unroll_lstms(model)` replaces each LSTM *instance's* `inner_loop` with
 `lstm_steps`: the arithmetic of Keras's `LSTMCell` (fused implementation, gates
