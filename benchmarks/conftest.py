@@ -49,18 +49,23 @@ ENCODE_CONTENDERS = {
 
 
 # Settings of the carried-state training step (bench_train.py). What `python -m
-# charstream.train` uses on a machine without a GPU is "chunks of 32, U^T once":
-# chunks of 32 batches looped inside one step (`charstream.training.steps`), the
-# LSTM unrolled by `charstream.training.unrolled` (Keras's cell, its recurrent
-# gradient through a kernel transposed once per batch), run with one intra-op thread (`--intra-op-threads`: a process-wide setting, so
-# `benchmarks/train_rounds.py --intra-op-threads 1` sets it for every contender).
+# charstream.train` uses on a machine without a GPU is "chunks of 32, fused": chunks
+# of 32 batches looped inside one step (`charstream.training.steps`), the LSTM run
+# by charstream's fused C++ op (`charstream.training.fused`: a whole sequence
+# forward and back, the streams split over the cores), with one intra-op thread
+# (`--intra-op-threads`: a process-wide setting, so `benchmarks/train_rounds.py
+# --intra-op-threads 1` sets it for every contender). Without a compiler it falls
+# back to "chunks of 32, U^T once" (`charstream.training.unrolled`: Keras's cell,
+# its recurrent gradient through a kernel transposed once per batch).
 TRAIN_CONTENDERS = {
     "plain-fit": dict(unroll=False, steps_per_execution=1),
     "steps_per_execution=32": dict(unroll=False, steps_per_execution=32),
     "spe=32, unroll": dict(unroll=True, steps_per_execution=32),
     "chunks of 32, unroll": dict(unroll=True, steps_per_execution=1, chunks=True),
     "chunks of 32, U^T once": dict(unroll=True, steps_per_execution=1, chunks=True,
-                                   unrolled=True),
+                                   unrolled=True, fused=False),
+    "chunks of 32, fused": dict(unroll=True, steps_per_execution=1, chunks=True,
+                                unrolled=True, fused=True),
     "chunks of 32, unroll, XLA": dict(unroll=True, steps_per_execution=1,
                                                    chunks=True, jit_compile=True),
     "XLA (spe=32, jit_compile)": dict(unroll=False, steps_per_execution=32, jit_compile=True),

@@ -11,9 +11,11 @@ bench_train.py; the rounds alternate between contenders so that the machine's
 drift hits all of them alike):
 
 - `keras-cell`: Keras's LSTM, unrolled, its cell step by step.
-- `charstream`: `charstream.training.unrolled`, what stream mode trains with:
-  Keras's cell math, with the gradient of `h @ U` through a `U^T` made once per
-  batch.
+- `charstream`: `charstream.training.unrolled`, what stream mode trains with
+  without a compiler (or `--no-fused-lstm`): Keras's cell math, with the gradient
+  of `h @ U` through a `U^T` made once per batch.
+- `fused`: what stream mode trains with: `charstream.training.fused`, the C++ op
+  that runs a whole sequence forward and back, the streams split over the cores.
 - `block-lstm`: TensorFlow's fused CPU kernel for a whole sequence,
   `tf.raw_ops.BlockLSTM` (gates reordered to its i, c, f, o layout; its V2, in
   Keras's order, has a registered gradient that computes in the V1 layout, so its
@@ -153,21 +155,33 @@ def sequence_loop(layer):
 
 
 ENV = ("XLA_FLAGS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+
+
 def unrolled_loop(layer):
-    """`layer.inner_loop` as `python -m charstream.train` trains in stream mode."""
+    """`layer.inner_loop` through `charstream.training.unrolled`'s TensorFlow ops
+    (stream mode's loop without a compiler, or with `--no-fused-lstm`)."""
     from charstream.training.unrolled import lstm_inner_loop
 
     return lstm_inner_loop(layer)
 
 
-LOOPS = {"keras-cell": None, "charstream": unrolled_loop, "block-lstm": block_lstm_loop,
-         "whole-sequence": sequence_loop}
+LOOPS = {"keras-cell": None, "charstream": unrolled_loop, "fused": "unroll_lstms",
+         "block-lstm": block_lstm_loop, "whole-sequence": sequence_loop}
 
 
 def patched(model, loop):
+    """`model` with each LSTM's `inner_loop` from `loop(layer)`; "unroll_lstms" is
+    the fused op installed as `python -m charstream.train` installs it (no gradient
+    for the model's input)."""
     from charstream.model import lstm_layers
+    from charstream.training.fused import library
+    from charstream.training.unrolled import unroll_lstms
 
-    if loop is not None:
+    if loop == "unroll_lstms":
+        if library() is None:
+            sys.exit("the fused LSTM op did not build (see the warning)")
+        unroll_lstms(model, fused=True)
+    elif loop is not None:
         for layer in lstm_layers(model):
             layer.inner_loop = loop(layer)
     return model

@@ -142,6 +142,10 @@ class TrainConfig:
         "TensorFlow's inter-op threads run independent ops side by side: faster on a "
         "2-core CPU (docs/training.md), and the same arithmetic",
         default_text="1 in stream mode, TensorFlow's choice in windows mode")
+    fused_lstm: bool = _setting(
+        True, "stream mode: train the LSTMs with charstream's fused C++ op (a whole "
+        "sequence forward and back, streams split over the cores; compiled with g++ "
+        "on first use and cached), else with TensorFlow's ops step by step")
     jit_compile: Optional[bool] = _setting(
         None, "compile the training step with XLA: in stream mode the whole chunk of "
         "--steps-per-execution steps, forward, back and Adam, as one computation",
@@ -170,7 +174,7 @@ class TrainConfig:
             _checks.non_negative_int(self.intra_op_threads, "intra_op_threads", err)
         for name in ("seed", "patience", "cpu_devices"):
             _checks.non_negative_int(getattr(self, name), name, err)
-        for name in ("reduce", "shuffle", "lr_decay"):
+        for name in ("reduce", "shuffle", "lr_decay", "fused_lstm"):
             _checks.boolean(getattr(self, name), name, err)
         for name in ("unroll", "jit_compile"):
             if getattr(self, name) is not None:

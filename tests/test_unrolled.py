@@ -21,7 +21,7 @@ def _layers(units, dropout, shape, weights):
         layer.set_weights(weights)
         layers.append(layer)
     holder = keras.Sequential([keras.Input(batch_shape=shape), layers[1]])
-    unroll_lstms(holder)
+    unroll_lstms(holder, fused=False)   # TensorFlow's ops; the fused op: test_fused.py
     assert layers[1].inner_loop.__qualname__.startswith("lstm_inner_loop")
     return layers
 
@@ -67,7 +67,7 @@ def test_a_stream_model_trains_through_it_and_stays_keras(tmp_path):
     model = build_stream_model(4, 8, units=8, layers=2, unroll=True)
     twin = build_stream_model(4, 8, units=8, layers=2, unroll=True)
     twin.set_weights(model.get_weights())
-    unroll_lstms(twin)
+    unroll_lstms(twin, fused=False)
     ids = np.random.default_rng(0).integers(0, 36, (4, 9))
     x, y = np.eye(36, dtype="float32")[ids[:, :-1]], ids[:, 1:]
     for m in (model, twin):

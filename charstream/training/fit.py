@@ -93,7 +93,8 @@ def build_model(config: TrainConfig, depth: int, checkpoint: Path | None, cluste
     if config.mode == "stream":  # measured there, under one thread per op
         from .unrolled import unroll_lstms
 
-        unroll_lstms(model)   # on the instance, as below: model.keras stays Keras's
+        # on the instance, as below: model.keras stays Keras's
+        unroll_lstms(model, config.fused_lstm)
     if config.weight_drop:  # on the instance: a checkpoint loads as plain LSTMs
         from .weight_drop import drop_recurrent_weights
 

@@ -83,28 +83,44 @@ def lstm_steps(cell, sequences, h, c, training):
     return tf.stack(outputs, axis=1), h, c
 
 
-def lstm_inner_loop(layer):
+def lstm_inner_loop(layer, ops=None, input_gradient=True):
     """A replacement for `layer.inner_loop` (Keras's RNN) that runs `lstm_steps`,
-    or Keras's own loop where `lstm_steps` does not compute the same thing."""
+    or the fused op (`charstream.training.fused`) when `ops` is its library (the
+    gradient for the layer's input only when `input_gradient`), or Keras's own
+    loop where neither computes the same thing."""
     keras_loop = layer.inner_loop
 
     def inner_loop(sequences, initial_state, mask, training=False):
-        if mask is not None or sequences.shape[1] is None:
+        if mask is not None or None in sequences.shape:
             return keras_loop(sequences, initial_state, mask, training=training)
-        outputs, h, c = lstm_steps(layer.cell, sequences, *initial_state, training)
+        if ops is not None and sequences.dtype == "float32":
+            from .fused import default_shards, lstm_steps as fused_steps
+
+            outputs, h, c = fused_steps(ops, layer.cell, sequences, *initial_state, training,
+                                        default_shards(sequences.shape[0]), input_gradient)
+        else:
+            outputs, h, c = lstm_steps(layer.cell, sequences, *initial_state, training)
         return h, outputs, [h, c]
 
     return inner_loop
 
 
-def unroll_lstms(model) -> None:
-    """Train `model`'s unrolled LSTMs with `lstm_steps` (this instance only).
+def unroll_lstms(model, fused: bool = True) -> None:
+    """Train `model`'s unrolled LSTMs with `lstm_steps`, or with the fused op when
+    `fused` and it builds (this instance only).
 
     LSTMs that are not unrolled (cuDNN on a GPU), run backwards or use Keras's
     implementation 1 (which recurrent dropout implies) keep Keras's loop.
     """
     from ..model import lstm_layers
 
+    ops = None
+    if fused:
+        from .fused import library
+
+        ops = library()
+    inputs = {id(tensor) for tensor in model.inputs}
     for layer in lstm_layers(model):
         if layer.unroll and not layer.go_backwards and layer.cell.implementation != 1:
-            layer.inner_loop = lstm_inner_loop(layer)
+            # a model's input (the one-hot characters) needs no gradient
+            layer.inner_loop = lstm_inner_loop(layer, ops, id(layer.input) not in inputs)
