@@ -161,6 +161,13 @@ def test_it_is_built_once_and_reused(ops):
     assert first.parent == fused.cache_dir()
 
 
+def test_a_failed_build_says_which_compiler_and_leaves_nothing(monkeypatch, tmp_path):
+    monkeypatch.setenv("CXX", "false")   # on PATH, exits 1
+    with pytest.raises(RuntimeError, match=re.escape("false failed to build lstm_op.cc (exit 1)")):
+        fused.build(tmp_path)
+    assert list(tmp_path.iterdir()) == []   # no half-written library, no temporary folder
+
+
 def test_without_a_compiler_training_falls_back_to_tensorflow(monkeypatch, tmp_path):
     monkeypatch.setenv("CXX", "no-such-compiler-here")
     with pytest.raises(RuntimeError, match=re.escape("no C++ compiler 'no-such-compiler-here'")):

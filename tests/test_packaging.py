@@ -49,6 +49,13 @@ SMOKE = textwrap.dedent("""
 """)
 
 
+FUSED = textwrap.dedent("""
+    from charstream.training import fused
+    print(fused.SOURCE)
+    print(fused.build())
+""")
+
+
 def _run(*cmd, **kwargs):
     out = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kwargs)
     assert out.returncode == 0, f"{cmd}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
@@ -84,7 +91,8 @@ def test_the_sdist_holds_the_sources_and_nothing_built(dist):
     for needed in ("setup.py", "pyproject.toml", "README.md", "LICENSE", "MANIFEST.in",
                    "csrc/_text.pyx", "csrc/_lstm.pyx", "csrc/lstm_step.h", "csrc/nt_copy.h",
                    "charstream/serving/page.html", "charstream/serving/engine.py",
-                   "charstream/data/corpus.py", "tests/conftest.py",
+                   "charstream/data/corpus.py", "charstream/training/lstm_op.cc",
+                   "tests/conftest.py",
                    "tests/test_packaging.py"):
         assert needed in names, needed
     assert not [n for n in names if n.endswith((".c", ".so", ".pyd", ".o", ".pyc"))]
@@ -94,9 +102,10 @@ def test_the_wheel_holds_the_package_and_the_extensions_and_no_sources(dist):
     _, wheel = dist
     names = set(zipfile.ZipFile(wheel).namelist())
     suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    # lstm_op.cc is compiled on first use, against the TensorFlow installed then
     assert {f"charstream/data/_text{suffix}", f"charstream/streaming/_lstm{suffix}",
             "charstream/__init__.py", "charstream/serving/page.html",
-            "charstream/training/fit.py"} <= names
+            "charstream/training/fit.py", "charstream/training/lstm_op.cc"} <= names
     assert not [n for n in names if n.startswith("csrc/") or n.endswith((".pyx", ".c", ".h"))]
     assert any(n.endswith("dist-info/licenses/LICENSE") for n in names)
     meta = next(n for n in names if n.endswith("dist-info/METADATA"))
@@ -122,3 +131,7 @@ def test_each_installs_offline_in_a_fresh_venv_and_works(dist, tmp_path, what):
     out = _run(python, "-c", SMOKE, tmp_path / "stream.npz", cwd=tmp_path,
                env={**os.environ, "PYTHONPATH": ""})
     assert '"ok": true' in out.stdout
+    # the fused LSTM op's source ships with the package and builds (or is found built)
+    out = _run(python, "-c", FUSED, cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""},
+               timeout=600)
+    assert "site-packages" in out.stdout and out.stdout.strip().endswith(".so")

@@ -32,6 +32,14 @@ from functools import lru_cache
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("lstm_op.cc")
+# Eigen packs each matrix product's operands into buffers it allocates per product;
+# above 128 KB (every product of the large preset) they came from malloc, fresh
+# pages each call: page faults and munmap took a fifth of the op's time there. Up to
+# 2 MB they go on the stack instead, whose pages stay mapped. Hidden visibility
+# keeps this library's Eigen instantiations its own (not TensorFlow's, built with
+# the default limit).
+OWN_FLAGS = ("-DEIGEN_STACK_ALLOCATION_LIMIT=2097152", "-fvisibility=hidden",
+             "-fvisibility-inlines-hidden")
 
 
 def cache_dir() -> Path:
@@ -54,11 +62,13 @@ def _cpu_features() -> str:
     return sys.platform
 
 
-def _command(compiler: str, out: Path) -> list[str]:
+def _command(compiler: str, out: Path | None = None) -> list[str]:
+    """The compiler's command line; without `out`, its flags only (the cache key)."""
     import tensorflow as tf
 
+    files = [str(SOURCE), "-o", str(out)] if out is not None else []
     return [compiler, "-shared", "-fPIC", "-O3", "-march=native", "-DNDEBUG", "-w",
-            *tf.sysconfig.get_compile_flags(), str(SOURCE), "-o", str(out),
+            *OWN_FLAGS, *tf.sysconfig.get_compile_flags(), *files,
             *tf.sysconfig.get_link_flags()]
 
 
@@ -73,14 +83,16 @@ def build(directory: Path | None = None) -> Path:
     compiler = os.environ.get("CXX", "g++")
     if shutil.which(compiler) is None:
         raise RuntimeError(f"no C++ compiler {compiler!r} on PATH (set CXX)")
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), tf.__version__, compiler,
-                                    " ".join(_command(compiler, Path("-"))),
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), tf.__version__,
+                                    " ".join(_command(compiler)),
                                     _cpu_features()]).encode()).hexdigest()[:16]
     directory = directory or cache_dir()
     target = directory / f"lstm_op-{key}.so"
     if target.exists():
         return target
     directory.mkdir(parents=True, exist_ok=True)
+    print(f"charstream: compiling the fused LSTM op for TensorFlow {tf.__version__} "
+          f"(once, about 30 s) into {target}", file=sys.stderr, flush=True)
     # compiled to a temporary name, then renamed: a second process never loads half a file
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
         partial = Path(tmp) / target.name

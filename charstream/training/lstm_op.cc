@@ -162,6 +162,139 @@ bool is_sparse(const Tensor& x) {
   return nonzero <= rows;
 }
 
+// The tensors of one call, as pointers, with their sizes (layout at the top).
+struct Sequence {
+  int64_t batch, steps, inputs, units;
+  bool sparse;   // x has at most one non-zero per row on average (one-hot)
+  const float *x, *h0, *c0, *kernel, *recurrent, *bias;
+};
+
+// Steps 0 .. steps - 1 of streams [first, first + rows): every step's gates (after
+// activation), c and h.
+void forward_shard(const Sequence& q, int64_t first, int64_t rows, float* gates, float* c,
+                   float* h) {
+  const int64_t u = q.units, n = q.inputs, steps = q.steps;
+  Eigen::Map<const Matrix> W(q.kernel, n, 4 * u), U(q.recurrent, u, 4 * u);
+  Eigen::Map<const Eigen::RowVectorXf> b(q.bias, 4 * u);
+  for (int64_t t = 0; t < steps; ++t) {
+    Strided z = step_of(gates, first, rows, steps, t, 4 * u);   // (rows, 4 units)
+    ConstStrided h_prev = t ? step_of(static_cast<const float*>(h), first, rows, steps, t - 1, u)
+                            : rows_of(q.h0, first, rows, u);
+    ConstStrided c_prev = t ? step_of(static_cast<const float*>(c), first, rows, steps, t - 1, u)
+                            : rows_of(q.c0, first, rows, u);
+    z.noalias() = h_prev * U;
+    if (q.sparse) {   // + x @ W, a row of W for each non-zero
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* xr = q.x + ((first + r) * steps + t) * n;
+        for (int64_t j = 0; j < n; ++j)
+          if (xr[j] != 0.0f) z.row(r) += xr[j] * W.row(j);
+      }
+    } else {
+      z.noalias() += step_of(q.x, first, rows, steps, t, n) * W;
+    }
+    z.rowwise() += b;
+    z.leftCols(2 * u).array() = z.leftCols(2 * u).array().logistic();   // i, f
+    z.middleCols(2 * u, u).array() = z.middleCols(2 * u, u).array().tanh();   // g
+    z.rightCols(u).array() = z.rightCols(u).array().logistic();   // o
+    Strided c_t = step_of(c, first, rows, steps, t, u);
+    c_t.array() = z.middleCols(u, u).array() * c_prev.array() +
+                  z.leftCols(u).array() * z.middleCols(2 * u, u).array();
+    step_of(h, first, rows, steps, t, u).array() = z.rightCols(u).array() * c_t.array().tanh();
+  }
+}
+
+// What the backward op reads besides the inputs: the forward op's results and the
+// loss's gradients.
+struct Saved {
+  const float *gates, *c, *h, *dh, *dc_last;
+};
+
+// Steps steps - 1 .. 0 of streams [first, first + rows): every step's dz (the
+// gradient for the gates' inputs) and the gradients for h0 and c0.
+void backward_steps(const Sequence& q, const Saved& s, const Matrix& Ut, int64_t first,
+                    int64_t rows, float* dz_all, float* dh0, float* dc0) {
+  const int64_t u = q.units, steps = q.steps;
+  Matrix dh_next = Matrix::Zero(rows, u);                 // (rows, units)
+  Matrix dc_next = rows_of(s.dc_last, first, rows, u);
+  Matrix d_h(rows, u), d_c(rows, u), tanh_c(rows, u);
+  for (int64_t t = steps - 1; t >= 0; --t) {
+    ConstStrided a = step_of(s.gates, first, rows, steps, t, 4 * u);
+    auto i = a.leftCols(u).array(), f = a.middleCols(u, u).array(),
+         g = a.middleCols(2 * u, u).array(), o = a.rightCols(u).array();
+    ConstStrided c_prev = t ? step_of(s.c, first, rows, steps, t - 1, u)
+                            : rows_of(q.c0, first, rows, u);
+    tanh_c.array() = step_of(s.c, first, rows, steps, t, u).array().tanh();
+    d_h.array() = step_of(s.dh, first, rows, steps, t, u).array() + dh_next.array();
+    d_c.array() = dc_next.array() + d_h.array() * o * (1.0f - tanh_c.array().square());
+    Strided dz = step_of(dz_all, first, rows, steps, t, 4 * u);   // (rows, 4 units)
+    dz.leftCols(u).array() = d_c.array() * g * i * (1.0f - i);
+    dz.middleCols(u, u).array() = d_c.array() * c_prev.array() * f * (1.0f - f);
+    dz.middleCols(2 * u, u).array() = d_c.array() * i * (1.0f - g.square());
+    dz.rightCols(u).array() = d_h.array() * tanh_c.array() * o * (1.0f - o);
+    dc_next.array() = d_c.array() * f;
+    dh_next.noalias() = dz * Ut;
+  }
+  Eigen::Map<Matrix>(dh0 + first * u, rows, u) = dh_next;
+  Eigen::Map<Matrix>(dc0 + first * u, rows, u) = dc_next;
+}
+
+// One shard's share of the weights' gradients, summed over the shards in order.
+struct Shares {
+  Matrix kernel, recurrent;
+  Eigen::RowVectorXf bias;
+};
+
+// The shard's share of dW, dU and db from its dz, and its rows of dx when `dx`.
+void weight_gradients(const Sequence& q, const float* h, const float* dz_p, const Matrix& Wt,
+                      int64_t first, int64_t rows, Shares* mine, float* dx) {
+  const int64_t u = q.units, n = q.inputs, steps = q.steps, r_all = rows * steps;
+  // this shard's rows in (stream, step) order: (rows * steps, 4 units) and inputs
+  Eigen::Map<const Matrix> dz(dz_p + first * steps * 4 * u, r_all, 4 * u);
+  Eigen::Map<const Matrix> x(q.x + first * steps * n, r_all, n);
+  // db row after row (a column-wise sum of a row-major matrix strides through it)
+  mine->bias = Eigen::RowVectorXf::Zero(4 * u);
+  for (int64_t r = 0; r < r_all; ++r) mine->bias += dz.row(r);
+  if (q.sparse) {   // dW: each non-zero's row of W gets its share of dz back
+    mine->kernel = Matrix::Zero(n, 4 * u);
+    for (int64_t r = 0; r < r_all; ++r)
+      for (int64_t j = 0; j < n; ++j)
+        if (x(r, j) != 0.0f) mine->kernel.row(j) += x(r, j) * dz.row(r);
+  } else {
+    mine->kernel.noalias() = x.transpose() * dz;
+  }
+  if (dx != nullptr) Eigen::Map<Matrix>(dx + first * steps * n, r_all, n).noalias() = dz * Wt;
+  // dU = the sum over (stream, step) of h_prev^T dz: one product of
+  // (units, rows * steps) by (rows * steps, 4 units)
+  Matrix h_prev(r_all, u);
+  for (int64_t s = 0; s < rows; ++s) {
+    h_prev.row(s * steps) = Eigen::Map<const Eigen::RowVectorXf>(q.h0 + (first + s) * u, u);
+    if (steps > 1)
+      h_prev.middleRows(s * steps + 1, steps - 1) =
+          Eigen::Map<const Matrix>(h + (first + s) * steps * u, steps - 1, u);
+  }
+  mine->recurrent.noalias() = h_prev.transpose() * dz;
+}
+
+// Checks the inputs both ops take and returns them as a Sequence.
+tensorflow::Status read_sequence(const Tensor& x, const Tensor& h0,
+                                 const Tensor& c0, const Tensor& kernel,
+                                 const Tensor& recurrent, const Tensor& bias, Sequence* q) {
+  TF_RETURN_IF_ERROR(check_weights(x, kernel, recurrent, bias, &q->batch, &q->steps,
+                                   &q->inputs, &q->units));
+  TF_RETURN_IF_ERROR(check_state(h0, "h0", q->batch, q->units));
+  TF_RETURN_IF_ERROR(check_state(c0, "c0", q->batch, q->units));
+  q->sparse = is_sparse(x);
+  q->x = x.flat<float>().data();
+  q->h0 = h0.flat<float>().data();
+  q->c0 = c0.flat<float>().data();
+  q->kernel = kernel.flat<float>().data();
+  q->recurrent = recurrent.flat<float>().data();
+  q->bias = bias.flat<float>().data();
+  return tensorflow::OkStatus();
+}
+
+float* data(Tensor* t) { return t->flat<float>().data(); }
+
 class LstmForward : public OpKernel {
  public:
   explicit LstmForward(OpKernelConstruction* ctx) : OpKernel(ctx) {
@@ -169,69 +302,25 @@ class LstmForward : public OpKernel {
   }
 
   void Compute(OpKernelContext* ctx) override {
-    const Tensor &x = ctx->input(0), &h0 = ctx->input(1), &c0 = ctx->input(2),
-                 &kernel = ctx->input(3), &recurrent = ctx->input(4), &bias = ctx->input(5);
-    int64_t batch, steps, inputs, units;
-    OP_REQUIRES_OK(ctx, check_weights(x, kernel, recurrent, bias, &batch, &steps, &inputs,
-                                      &units));
-    OP_REQUIRES_OK(ctx, check_state(h0, "h0", batch, units));
-    OP_REQUIRES_OK(ctx, check_state(c0, "c0", batch, units));
+    Sequence q;
+    OP_REQUIRES_OK(ctx, read_sequence(ctx->input(0), ctx->input(1), ctx->input(2),
+                                      ctx->input(3), ctx->input(4), ctx->input(5), &q));
     Tensor *h, *c, *gates;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({batch, steps, units}), &h));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({batch, steps, units}), &c));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({batch, steps, 4 * units}), &gates));
-    if (batch == 0) return;
-    const int64_t u = units, n = inputs;
-    Eigen::Map<const Matrix> W(kernel.flat<float>().data(), n, 4 * u);
-    Eigen::Map<const Matrix> U(recurrent.flat<float>().data(), u, 4 * u);
-    Eigen::Map<const Eigen::RowVectorXf> b(bias.flat<float>().data(), 4 * u);
-    const bool sparse = is_sparse(x);
-    const float *x_p = x.flat<float>().data(), *h0_p = h0.flat<float>().data(),
-                *c0_p = c0.flat<float>().data();
-    float *h_p = h->flat<float>().data(), *c_p = c->flat<float>().data(),
-          *g_p = gates->flat<float>().data();
-    const float *hc_p = h_p, *cc_p = c_p;   // the same, read as earlier steps
-    const int shards = static_cast<int>(std::min<int64_t>(shards_, batch));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({q.batch, q.steps, q.units}), &h));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({q.batch, q.steps, q.units}), &c));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({q.batch, q.steps, 4 * q.units}),
+                                             &gates));
+    if (q.batch == 0) return;
+    const int shards = static_cast<int>(std::min<int64_t>(shards_, q.batch));
     run_shards(ctx, shards, [&](int k) {
       int64_t first, rows;
-      shard_rows(batch, shards, k, &first, &rows);
-      for (int64_t t = 0; t < steps; ++t) {
-        Strided z = step_of(g_p, first, rows, steps, t, 4 * u);   // (rows, 4 units)
-        ConstStrided h_prev = t ? step_of(hc_p, first, rows, steps, t - 1, u)
-                                : rows_of(h0_p, first, rows, u);
-        ConstStrided c_prev = t ? step_of(cc_p, first, rows, steps, t - 1, u)
-                                : rows_of(c0_p, first, rows, u);
-        z.noalias() = h_prev * U;
-        if (sparse) {   // + x @ W, a row of W for each non-zero
-          for (int64_t r = 0; r < rows; ++r) {
-            const float* xr = x_p + ((first + r) * steps + t) * n;
-            for (int64_t j = 0; j < n; ++j)
-              if (xr[j] != 0.0f) z.row(r) += xr[j] * W.row(j);
-          }
-        } else {
-          z.noalias() += step_of(x_p, first, rows, steps, t, n) * W;
-        }
-        z.rowwise() += b;
-        z.leftCols(2 * u).array() = z.leftCols(2 * u).array().logistic();   // i, f
-        z.middleCols(2 * u, u).array() = z.middleCols(2 * u, u).array().tanh();   // g
-        z.rightCols(u).array() = z.rightCols(u).array().logistic();   // o
-        Strided c_t = step_of(c_p, first, rows, steps, t, u);
-        c_t.array() = z.middleCols(u, u).array() * c_prev.array() +
-                      z.leftCols(u).array() * z.middleCols(2 * u, u).array();
-        step_of(h_p, first, rows, steps, t, u).array() =
-            z.rightCols(u).array() * c_t.array().tanh();
-      }
+      shard_rows(q.batch, shards, k, &first, &rows);
+      forward_shard(q, first, rows, data(gates), data(c), data(h));
     });
   }
 
  private:
   int shards_;
-};
-
-// One shard's share of the weights' gradients, summed over the shards in order.
-struct Shares {
-  Matrix kernel, recurrent;
-  Eigen::RowVectorXf bias;
 };
 
 class LstmBackward : public OpKernel {
@@ -246,18 +335,15 @@ class LstmBackward : public OpKernel {
                  &bias = ctx->input(3), &gates = ctx->input(4), &c = ctx->input(5),
                  &h = ctx->input(6), &h0 = ctx->input(7), &c0 = ctx->input(8),
                  &dh = ctx->input(9), &dc_last = ctx->input(10);
-    int64_t batch, steps, inputs, units;
-    OP_REQUIRES_OK(ctx, check_weights(x, kernel, recurrent, bias, &batch, &steps, &inputs,
-                                      &units));
-    const int64_t u = units, n = inputs;
-    OP_REQUIRES_OK(ctx, check_sequence(gates, "gates", batch, steps, 4 * u));
-    OP_REQUIRES_OK(ctx, check_sequence(c, "c", batch, steps, u));
-    OP_REQUIRES_OK(ctx, check_sequence(h, "h", batch, steps, u));
-    OP_REQUIRES_OK(ctx, check_sequence(dh, "dh", batch, steps, u));
-    OP_REQUIRES_OK(ctx, check_state(h0, "h0", batch, u));
-    OP_REQUIRES_OK(ctx, check_state(c0, "c0", batch, u));
-    OP_REQUIRES_OK(ctx, check_state(dc_last, "dc_last", batch, u));
-    Tensor *dx, *dkernel, *drec, *dbias, *dh0, *dc0;
+    Sequence q;
+    OP_REQUIRES_OK(ctx, read_sequence(x, h0, c0, kernel, recurrent, bias, &q));
+    const int64_t u = q.units, n = q.inputs;
+    OP_REQUIRES_OK(ctx, check_sequence(gates, "gates", q.batch, q.steps, 4 * u));
+    OP_REQUIRES_OK(ctx, check_sequence(c, "c", q.batch, q.steps, u));
+    OP_REQUIRES_OK(ctx, check_sequence(h, "h", q.batch, q.steps, u));
+    OP_REQUIRES_OK(ctx, check_sequence(dh, "dh", q.batch, q.steps, u));
+    OP_REQUIRES_OK(ctx, check_state(dc_last, "dc_last", q.batch, u));
+    Tensor *dx, *dkernel, *drec, *dbias, *dh0, *dc0, dz;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(
         0, input_gradient_ ? x.shape() : TensorShape({0, 0, 0}), &dx));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, kernel.shape(), &dkernel));
@@ -265,82 +351,28 @@ class LstmBackward : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(3, bias.shape(), &dbias));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(4, h0.shape(), &dh0));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(5, c0.shape(), &dc0));
-    Eigen::Map<Matrix> dW(dkernel->flat<float>().data(), n, 4 * u);
-    Eigen::Map<Matrix> dU(drec->flat<float>().data(), u, 4 * u);
-    Eigen::Map<Eigen::RowVectorXf> db(dbias->flat<float>().data(), 4 * u);
+    // every step's gradient for the gates' inputs: (batch, steps, 4 units)
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_FLOAT, gates.shape(), &dz));
+    Eigen::Map<Matrix> dW(data(dkernel), n, 4 * u), dU(data(drec), u, 4 * u);
+    Eigen::Map<Eigen::RowVectorXf> db(data(dbias), 4 * u);
     dW.setZero();
     dU.setZero();
     db.setZero();
-    if (batch == 0) return;
+    if (q.batch == 0) return;
     // U^T once (4 units, units): the product by it runs as fast as the forward one
-    const Matrix Ut = Eigen::Map<const Matrix>(recurrent.flat<float>().data(), u, 4 * u)
-                          .transpose();
-    const Matrix Wt = Eigen::Map<const Matrix>(kernel.flat<float>().data(), n, 4 * u)
-                          .transpose();
-    const bool sparse = is_sparse(x);
-    const float *x_p = x.flat<float>().data(), *g_p = gates.flat<float>().data(),
-                *c_p = c.flat<float>().data(), *h_p = h.flat<float>().data(),
-                *h0_p = h0.flat<float>().data(), *c0_p = c0.flat<float>().data(),
-                *dh_p = dh.flat<float>().data(), *dcl_p = dc_last.flat<float>().data();
-    // dz, every step's gradient for the gates' inputs: (batch, steps, 4 units)
-    Tensor dz_tensor;
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_FLOAT, gates.shape(), &dz_tensor));
-    float *dz_p = dz_tensor.flat<float>().data(), *dh0_p = dh0->flat<float>().data(),
-          *dc0_p = dc0->flat<float>().data(), *dx_p = dx->flat<float>().data();
-    const int shards = static_cast<int>(std::min<int64_t>(shards_, batch));
+    const Matrix Ut = Eigen::Map<const Matrix>(q.recurrent, u, 4 * u).transpose();
+    const Matrix Wt = Eigen::Map<const Matrix>(q.kernel, n, 4 * u).transpose();
+    const Saved saved{gates.flat<float>().data(), c.flat<float>().data(),
+                      h.flat<float>().data(), dh.flat<float>().data(),
+                      dc_last.flat<float>().data()};
+    const int shards = static_cast<int>(std::min<int64_t>(shards_, q.batch));
     std::vector<Shares> shares(shards);
     run_shards(ctx, shards, [&](int k) {
       int64_t first, rows;
-      shard_rows(batch, shards, k, &first, &rows);
-      Matrix dh_next = Matrix::Zero(rows, u);                 // (rows, units)
-      Matrix dc_next = rows_of(dcl_p, first, rows, u);
-      Matrix d_h(rows, u), d_c(rows, u), tanh_c(rows, u);
-      for (int64_t t = steps - 1; t >= 0; --t) {
-        ConstStrided a = step_of(g_p, first, rows, steps, t, 4 * u);
-        auto i = a.leftCols(u).array(), f = a.middleCols(u, u).array(),
-             g = a.middleCols(2 * u, u).array(), o = a.rightCols(u).array();
-        ConstStrided c_prev = t ? step_of(c_p, first, rows, steps, t - 1, u)
-                                : rows_of(c0_p, first, rows, u);
-        tanh_c.array() = step_of(c_p, first, rows, steps, t, u).array().tanh();
-        d_h.array() = step_of(dh_p, first, rows, steps, t, u).array() + dh_next.array();
-        d_c.array() = dc_next.array() + d_h.array() * o * (1.0f - tanh_c.array().square());
-        Strided dz = step_of(dz_p, first, rows, steps, t, 4 * u);   // (rows, 4 units)
-        dz.leftCols(u).array() = d_c.array() * g * i * (1.0f - i);
-        dz.middleCols(u, u).array() = d_c.array() * c_prev.array() * f * (1.0f - f);
-        dz.middleCols(2 * u, u).array() = d_c.array() * i * (1.0f - g.square());
-        dz.rightCols(u).array() = d_h.array() * tanh_c.array() * o * (1.0f - o);
-        dc_next.array() = d_c.array() * f;
-        dh_next.noalias() = dz * Ut;
-      }
-      Eigen::Map<Matrix>(dh0_p + first * u, rows, u) = dh_next;
-      Eigen::Map<Matrix>(dc0_p + first * u, rows, u) = dc_next;
-      // This shard's rows in (stream, step) order: (rows * steps, 4 units) and inputs.
-      Eigen::Map<const Matrix> dz_all(dz_p + first * steps * 4 * u, rows * steps, 4 * u);
-      Eigen::Map<const Matrix> x_all(x_p + first * steps * n, rows * steps, n);
-      Shares& mine = shares[k];
-      // db: row after row (a column-wise sum of a row-major matrix strides through it)
-      mine.bias = Eigen::RowVectorXf::Zero(4 * u);
-      for (int64_t r = 0; r < rows * steps; ++r) mine.bias += dz_all.row(r);
-      if (sparse) {   // dW: each non-zero's row of W gets its share of dz back
-        mine.kernel = Matrix::Zero(n, 4 * u);
-        for (int64_t r = 0; r < rows * steps; ++r)
-          for (int64_t j = 0; j < n; ++j)
-            if (x_all(r, j) != 0.0f) mine.kernel.row(j) += x_all(r, j) * dz_all.row(r);
-      } else {
-        mine.kernel.noalias() = x_all.transpose() * dz_all;
-      }
-      if (input_gradient_)
-        Eigen::Map<Matrix>(dx_p + first * steps * n, rows * steps, n).noalias() = dz_all * Wt;
-      // dU = sum over (stream, step) of h_prev^T dz: one product of
-      // (units, rows * steps) by (rows * steps, 4 units)
-      Matrix h_prev(rows * steps, u);
-      for (int64_t s = 0; s < rows; ++s) {
-        h_prev.row(s * steps) = Eigen::Map<const Eigen::RowVectorXf>(h0_p + (first + s) * u, u);
-        if (steps > 1)
-          h_prev.middleRows(s * steps + 1, steps - 1) =
-              Eigen::Map<const Matrix>(h_p + (first + s) * steps * u, steps - 1, u);
-      }
-      mine.recurrent.noalias() = h_prev.transpose() * dz_all;
+      shard_rows(q.batch, shards, k, &first, &rows);
+      backward_steps(q, saved, Ut, first, rows, data(&dz), data(dh0), data(dc0));
+      weight_gradients(q, saved.h, data(&dz), Wt, first, rows, &shares[k],
+                       input_gradient_ ? data(dx) : nullptr);
     });
     for (const Shares& share : shares) {
       dW += share.kernel;
