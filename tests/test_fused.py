@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from charstream.model import build_stream_model, lstm_layers
+from charstream.model import build_stream_model
 from charstream.training import fused, unrolled
 
 
@@ -60,28 +60,6 @@ def test_it_computes_keras_lstm_and_its_gradients(ops, batch, steps, inputs, uni
         results.append([outputs, h, c, *grads])
     for ours, keras_ in zip(results[1], results[0]):
         np.testing.assert_allclose(np.asarray(ours), np.asarray(keras_), rtol=1e-5, atol=2e-5)
-
-
-def test_the_layer_runs_it_and_the_model_stays_keras(ops, tmp_path):
-    """A stream model's LSTMs train through the op (2 layers, 16 streams: split in
-    shards where there are cores) like Keras's own loop, and save as plain LSTMs."""
-    keras.utils.set_random_seed(0)
-    model = build_stream_model(16, 8, units=8, layers=2, unroll=True)
-    twin = build_stream_model(16, 8, units=8, layers=2, unroll=True)
-    twin.set_weights(model.get_weights())
-    unrolled.unroll_lstms(twin)
-    ids = np.random.default_rng(0).integers(0, 36, (16, 9))
-    x, y = np.eye(36, dtype="float32")[ids[:, :-1]], ids[:, 1:]
-    for m in (model, twin):
-        m.fit(x, y, epochs=2, batch_size=16, verbose=0, shuffle=False)
-    for a, b in zip(twin.get_weights(), model.get_weights()):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    assert not np.array_equal(twin.get_weights()[1], build_stream_model(
-        16, 8, units=8, layers=2).get_weights()[1])   # it trained
-    twin.save(tmp_path / "m.keras")
-    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True, compile=False)
-    assert [type(layer) for layer in lstm_layers(loaded)] == [keras.layers.LSTM] * 2
-    np.testing.assert_array_equal(loaded.get_weights()[1], twin.get_weights()[1])
 
 
 def _op_inputs(rng, batch=32, steps=16, inputs=36, units=16):

@@ -62,20 +62,28 @@ def test_transposed_is_the_transpose():
     np.testing.assert_array_equal(transposed(matrix).numpy(), matrix.T)
 
 
-def test_a_stream_model_trains_through_it_and_stays_keras(tmp_path):
+@pytest.mark.parametrize("fused, batch", [(False, 4), (True, 16)])
+def test_a_stream_model_trains_through_it_and_stays_keras(tmp_path, fused, batch):
+    """TensorFlow's ops, and the fused op (`charstream.training.fused`; 16 streams
+    are split in shards where there are cores): two LSTM layers train like Keras's
+    own loop and save as plain LSTMs."""
+    if fused:
+        from charstream.training.fused import library
+
+        assert library() is not None, "the fused op did not build (see the warning)"
     keras.utils.set_random_seed(0)
-    model = build_stream_model(4, 8, units=8, layers=2, unroll=True)
-    twin = build_stream_model(4, 8, units=8, layers=2, unroll=True)
+    model = build_stream_model(batch, 8, units=8, layers=2, unroll=True)
+    twin = build_stream_model(batch, 8, units=8, layers=2, unroll=True)
     twin.set_weights(model.get_weights())
-    unroll_lstms(twin, fused=False)
-    ids = np.random.default_rng(0).integers(0, 36, (4, 9))
+    unroll_lstms(twin, fused=fused)
+    ids = np.random.default_rng(0).integers(0, 36, (batch, 9))
     x, y = np.eye(36, dtype="float32")[ids[:, :-1]], ids[:, 1:]
     for m in (model, twin):
-        m.fit(x, y, epochs=2, batch_size=4, verbose=0, shuffle=False)
+        m.fit(x, y, epochs=2, batch_size=batch, verbose=0, shuffle=False)
     for a, b in zip(twin.get_weights(), model.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert not np.array_equal(twin.get_weights()[1], build_stream_model(
-        4, 8, units=8, layers=2).get_weights()[1])   # it trained
+        batch, 8, units=8, layers=2).get_weights()[1])   # it trained
     twin.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True, compile=False)
     assert [type(layer) for layer in lstm_layers(loaded)] == [keras.layers.LSTM] * 2

@@ -10,8 +10,8 @@ the per-batch loop's speed on a 2-core AVX2 CPU, 0.80x idiomatic PyTorch's
 (`benchmarks/bench_train.py`, the tables in `docs/training.md`). With one thread
 per TensorFlow op (`--intra-op-threads`, stream mode's default since), the chunk
 loop without XLA is the faster: 0.95x PyTorch in the median of five runs, XLA 0.51x.
-Its LSTMs run `charstream.training.unrolled` (1.07x Keras's own loop, median of five
-runs).
+Its LSTMs run charstream's fused op (`charstream.training.fused`: 1.57x PyTorch in
+the median of five runs), or `charstream.training.unrolled` without a compiler.
 
 Each batch of a chunk goes through Keras's own `train_step` (loss, gradients,
 clipping, Adam, metrics), one after another, so without XLA the training is the
