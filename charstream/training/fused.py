@@ -15,9 +15,10 @@ this CPU's features. Without a compiler, or if the build fails, `library()` warn
 once and returns None, and training runs `charstream.training.unrolled`'s loop.
 `CXX` picks the compiler.
 
-`lstm_sequence` gives the pair its gradient (`tf.custom_gradient`); `fused_inner_loop`
-is what `charstream.training.unrolled.unroll_lstms` installs on a layer when the
-op is there.
+`lstm_sequence` gives the pair its gradient (`tf.custom_gradient`); `lstm_steps`,
+its drop-in for `charstream.training.unrolled.lstm_steps`, is what the layers'
+loop (`unrolled.lstm_inner_loop`, installed by `unroll_lstms`) runs when the op
+is there.
 """
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ def build(directory: Path | None = None) -> Path:
         return target
     directory.mkdir(parents=True, exist_ok=True)
     print(f"charstream: compiling the fused LSTM op for TensorFlow {tf.__version__} "
-          f"(once, about 30 s) into {target}", file=sys.stderr, flush=True)
+          f"(once, about 25 s) into {target}", file=sys.stderr, flush=True)
     # compiled to a temporary name, then renamed: a second process never loads half a file
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
         partial = Path(tmp) / target.name
